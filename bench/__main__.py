@@ -1,0 +1,239 @@
+"""The command line: `python -m bench` (one run), `python -m bench sweep`, `python -m bench plot`.
+
+Also the console script `detserve-bench`. Exit status: 0 when every counted
+request succeeded (for sweep and plot: when they finished), 1 when a run had
+errors, 2 for a usage error, 130 when stopped by Ctrl-C.
+"""
+
+import argparse
+import datetime
+import json
+import sys
+import threading
+
+from bench import report
+from bench.images import ImageFolderError, load_folder
+from bench.loadgen import DEFAULT_TIMEOUT_S, run_load
+from bench.plot import PlotUnavailable, plot_rows
+from bench.progress import ProgressLine
+from bench.sweep import ROW_FIELDS, parse_thread_counts, run_sweep
+
+EXIT_OK, EXIT_REQUEST_ERRORS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+SWEEP_DEFAULT_DURATION_S = 10.0
+RESULTS_DIR = "bench/results"
+
+RUN_EPILOG = """\
+other commands:
+  python -m bench sweep FOLDER URL --threads 1,2,4,8,16   one run per thread count
+  python -m bench plot RESULTS.csv -o OUT.png             draw a sweep's results
+(to run on a folder named sweep or plot, write it as ./sweep or ./plot)
+
+exit status: 0 all requests succeeded, 1 some failed, 2 usage error, 130 Ctrl-C
+"""
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = {"sweep": sweep_main, "plot": plot_main}
+    if argv and argv[0] in commands:
+        return commands[argv[0]](argv[1:])
+    return run_main(argv)
+
+
+# -- shared options ----------------------------------------------------------
+
+def _positive_float(text):
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def _count(minimum):
+    def parse(text):
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {text}")
+        return value
+    parse.__name__ = "whole number"  # argparse names the type in its error messages
+    return parse
+
+
+def _add_load_options(parser, warmup_help, default_duration_s=None):
+    parser.add_argument("folder", help="folder of JPEG and PNG images to send")
+    parser.add_argument("url", help="the API address, e.g. http://127.0.0.1:5050/api/")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--repeat", type=_count(1), metavar="N",
+                        help="send every image N times" + ("" if default_duration_s else " (default 1)"))
+    budget.add_argument("--duration", type=_positive_float, metavar="S", default=default_duration_s,
+                        help="loop over the folder for S seconds"
+                             + (f" (default {default_duration_s:g})" if default_duration_s else ""))
+    parser.add_argument("--warmup", type=_count(0), metavar="N", help=warmup_help)
+    parser.add_argument("--timeout", type=_positive_float, metavar="S", default=DEFAULT_TIMEOUT_S,
+                        help=f"give up on a request after S seconds (default {DEFAULT_TIMEOUT_S:g})")
+
+
+def _load_images(parser, folder):
+    try:
+        return load_folder(folder)
+    except ImageFolderError as exc:
+        parser.error(str(exc))
+
+
+def _check_url(parser, url):
+    from bench.loadgen import Target
+    try:
+        Target.parse(url)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+# -- one run -----------------------------------------------------------------
+
+def run_main(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Send every image in FOLDER to URL from THREADS threads, each with its own "
+                    "kept-alive connection, and summarise throughput, latency and errors.")
+    _add_load_options(parser, warmup_help="send N requests first and leave them out of every figure (default 0)")
+    parser.add_argument("threads", type=_count(1), help="concurrent threads, one connection each")
+    parser.add_argument("--json", action="store_true", help="print one JSON summary on stdout instead of the text")
+    parser.add_argument("--csv", metavar="FILE", help="write one row per counted request to FILE")
+    chatter = parser.add_mutually_exclusive_group()
+    chatter.add_argument("--quiet", action="store_true", help="no progress line, only the summary")
+    chatter.add_argument("--verbose", action="store_true",
+                         help="one line per image (image, id, labels found) instead of the progress line")
+    args = parser.parse_args(argv)
+    _check_url(parser, args.url)
+    images = _load_images(parser, args.folder)
+
+    on_record = None
+    if args.verbose:
+        # With --json, stdout carries the JSON and nothing else.
+        out = sys.stderr if args.json else sys.stdout
+        def on_record(record):
+            print(report.format_record(record), file=out, flush=True)
+    progress = ProgressLine(enabled=False if (args.quiet or args.verbose) else None)
+    try:
+        summary = run_load(images, args.url, args.threads, repeat=args.repeat or 1, duration_s=args.duration,
+                           warmup=args.warmup or 0, timeout_s=args.timeout, on_record=on_record,
+                           progress=progress)
+    finally:
+        progress.close()
+
+    if args.csv:
+        report.write_records_csv(args.csv, summary.records)
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        print(report.format_summary(summary))
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_REQUEST_ERRORS if summary.errors else EXIT_OK
+
+
+# -- sweep -------------------------------------------------------------------
+
+def sweep_main(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m bench sweep",
+        description="One measurement per thread count; prints a table and writes every row "
+                    "to a CSV file (or JSON, for a .json name).")
+    _add_load_options(parser, default_duration_s=SWEEP_DEFAULT_DURATION_S,
+                      warmup_help="uncounted requests before each point (default: one per thread)")
+    parser.add_argument("--threads", default="1,2,4,8,16", metavar="LIST",
+                        help="thread counts, comma-separated (default 1,2,4,8,16)")
+    parser.add_argument("--replicas", type=_count(1), metavar="N",
+                        help="server replicas behind URL, written in the replicas column")
+    parser.add_argument("-o", "--out", metavar="FILE",
+                        help=f"results file (default {RESULTS_DIR}/sweep-<UTC time>.csv); replaced unless --append")
+    parser.add_argument("--append", action="store_true",
+                        help="add rows to --out instead of replacing it (for one file across replica counts)")
+    parser.add_argument("--quiet", action="store_true", help="no progress line or per-point notes")
+    args = parser.parse_args(argv)
+    try:
+        thread_counts = parse_thread_counts(args.threads)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.append and not args.out:
+        parser.error("--append needs --out FILE: the file to add rows to")
+    _check_url(parser, args.url)
+    images = _load_images(parser, args.folder)
+    out = args.out or f"{RESULTS_DIR}/sweep-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}.csv"
+    try:
+        # Checked before measuring: a sweep can take many minutes.
+        rows = report.read_rows(out) if args.append and _exists(out) else []
+        if args.append:
+            report.check_appendable(out, ROW_FIELDS)
+    except report.ResultsFileError as exc:
+        parser.error(str(exc))
+
+    progress = None
+    def progress_for(threads):
+        nonlocal progress
+        progress = ProgressLine(label=f"threads {threads}: ", enabled=False if args.quiet else None)
+        return progress
+
+    new_rows = []
+    # A "repeat" budget replaces the default duration.
+    duration_s = None if args.repeat else args.duration
+    try:
+        for row, summary in run_sweep(images, args.url, thread_counts, duration_s=duration_s,
+                                      repeat=args.repeat or 1, warmup=args.warmup, timeout_s=args.timeout,
+                                      replicas=args.replicas, progress_for=progress_for):
+            progress.close()
+            new_rows.append(row)
+            # Written after every point, so a sweep stopped early keeps what it measured.
+            report.write_rows(out, rows + new_rows, ROW_FIELDS)
+            if not args.quiet:
+                print(_point_note(summary), file=sys.stderr, flush=True)
+    finally:
+        if progress is not None:
+            progress.close()
+    print(report.format_table(new_rows))
+    print(f"{'appended' if args.append else 'wrote'} {len(new_rows)} row{'s' if len(new_rows) != 1 else ''} "
+          f"to {out}", file=sys.stderr)
+    return EXIT_INTERRUPTED if new_rows and summary.interrupted else EXIT_OK
+
+
+def _exists(path):
+    from pathlib import Path
+    return Path(path).exists()
+
+
+def _point_note(s):
+    p95 = f"p95 {s.latency_p95_ms:.1f} ms" if s.latency_p95_ms is not None else "no successes"
+    return (f"threads {s.threads}: {s.requests} requests, {s.throughput_img_per_s:.1f} img/s, {p95}, "
+            f"{s.errors} error{'s' if s.errors != 1 else ''}" + (" (interrupted)" if s.interrupted else ""))
+
+
+# -- plot --------------------------------------------------------------------
+
+def plot_main(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m bench plot",
+        description="Draw throughput and p95 latency against threads, one line per replica count. "
+                    "Needs matplotlib (pip install 'detserve[plot]'); without it, prints the table.")
+    parser.add_argument("results", help="a results file written by `python -m bench sweep`")
+    parser.add_argument("-o", "--out", metavar="PNG", help="image to write (default: RESULTS with .png)")
+    parser.add_argument("--title", help="a title above the two charts")
+    args = parser.parse_args(argv)
+    try:
+        rows = report.read_rows(args.results)
+    except report.ResultsFileError as exc:
+        parser.error(str(exc))
+    if not rows:
+        parser.error(f"{args.results} holds no result rows")
+    out = args.out or str(__import__("pathlib").Path(args.results).with_suffix(".png"))
+    try:
+        plot_rows(rows, out, title=args.title)
+    except PlotUnavailable as exc:
+        print(f"bench plot: {exc}; here is the table instead:", file=sys.stderr)
+        print(report.format_table(rows))
+        return EXIT_OK
+    print(f"wrote {out}", file=sys.stderr)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The server's configuration: one object built from CLI flags with environment fallbacks.
+
+Every flag ``--some-flag`` also reads ``DETSERVE_SOME_FLAG`` so that a
+Kubernetes manifest can set it; a flag on the command line wins.
+"""
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from .model_files import DEFAULT_MODEL_DIR
+
+ENV_PREFIX = "DETSERVE_"
+
+
+@dataclass(frozen=True)
+class Config:
+    host: str = "0.0.0.0"
+    port: int = 5050
+    workers: int = 2
+    # Measured on a 2-core CPU (DESIGN.md, `python -m detserve.calibrate`): larger
+    # batches cost slightly more per image, so take only what is already queued
+    # and never wait for more.
+    max_batch: int = 4
+    max_wait_ms: float = 0.0
+    queue_size: int = 64
+    request_timeout_s: float = 30.0
+    drain_timeout_s: float = 20.0
+    client_timeout_s: float = 10.0
+    max_body_mb: float = 20.0
+    max_pixels: int = 40_000_000
+    confidence: float = 0.3
+    nms: float = 0.1
+    model_dir: str = str(DEFAULT_MODEL_DIR)
+    cv_threads: int = 0
+    api_key: str = ""
+    log_format: str = "text"
+
+    @property
+    def max_body_bytes(self):
+        return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def max_wait_s(self):
+        return self.max_wait_ms / 1000.0
+
+    def public_view(self):
+        """The settings as a dict that is safe to log: the API key is never shown."""
+        view = {f.name: getattr(self, f.name) for f in fields(self)}
+        view["api_key"] = "set" if self.api_key else "unset"
+        return view
+
+
+HELP = {
+    "host": "address to listen on",
+    "port": "port to listen on (0 picks a free port)",
+    "workers": "worker processes, each with its own model (~340 MB resident each)",
+    "max_batch": "most requests one worker runs in one forward pass",
+    "max_wait_ms": "how long a worker waits for more requests to fill a batch (0: take only what is queued)",
+    "queue_size": "requests waiting for a worker before new ones are refused with 503",
+    "request_timeout_s": "deadline of a request, from arrival; past it the client gets 504",
+    "drain_timeout_s": "on SIGTERM/SIGINT, how long accepted requests may take to finish",
+    "client_timeout_s": "idle or slow client connections are closed after this",
+    "max_body_mb": "largest request body accepted (413 above it)",
+    "max_pixels": "largest image accepted, width x height (413 above it), checked before decoding",
+    "confidence": "confidence threshold for a detection",
+    "nms": "non-maximum suppression IoU threshold",
+    "model_dir": "folder with yolov3-tiny.cfg, yolov3-tiny.weights and coco.names",
+    "cv_threads": "OpenCV threads per forward pass (0: adapt to how many workers are busy)",
+    "log_format": "access log format",
+}
+
+
+def _env_default(name, default):
+    return os.environ.get(ENV_PREFIX + name.upper(), default)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m detserve",
+        description="Object-detection HTTP service (YOLOv3-tiny on OpenCV). "
+                    "Every flag also reads DETSERVE_<FLAG> from the environment; flags win.",
+    )
+    for field in fields(Config):
+        if field.name == "api_key":
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        # An environment value is a string; argparse converts defaults that are strings too.
+        kwargs = {"default": _env_default(field.name, field.default), "type": field.type,
+                  "help": f"{HELP[field.name]} (env {ENV_PREFIX}{field.name.upper()}, default %(default)s)"}
+        if field.name == "log_format":
+            kwargs["choices"] = ("text", "json")
+        parser.add_argument(flag, **kwargs)
+    parser.add_argument(
+        "--api-key-file", default=_env_default("api_key_file", None),
+        help="file holding the API key; when a key is set (here or in DETSERVE_API_KEY), "
+             "/api/ requires 'Authorization: Bearer <key>'")
+    return parser
+
+
+def load_config(argv=None):
+    """Parse argv (and the environment) into a validated Config; exits with usage on error."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    values = {f.name: getattr(args, f.name) for f in fields(Config) if f.name != "api_key"}
+    api_key = os.environ.get(ENV_PREFIX + "API_KEY", "")
+    if args.api_key_file:
+        try:
+            api_key = Path(args.api_key_file).read_text().strip()
+        except OSError as exc:
+            parser.error(f"cannot read --api-key-file: {exc}")
+        if not api_key:
+            parser.error(f"--api-key-file {args.api_key_file} is empty")
+    config = Config(api_key=api_key, **values)
+    problem = validate(config)
+    if problem:
+        parser.error(problem)
+    return config
+
+
+def validate(config):
+    """Return a message for the first setting that cannot work, or None."""
+    if not 0 <= config.port <= 65535:
+        return "--port must be between 0 and 65535"
+    positive = ("workers", "max_batch", "queue_size", "request_timeout_s", "drain_timeout_s",
+                "client_timeout_s", "max_body_mb", "max_pixels")
+    for name in positive:
+        if getattr(config, name) <= 0:
+            return f"--{name.replace('_', '-')} must be greater than 0"
+    if config.max_wait_ms < 0 or config.cv_threads < 0:
+        return "--max-wait-ms and --cv-threads cannot be negative"
+    if not (0 < config.confidence < 1 and 0 < config.nms <= 1):
+        return "--confidence must be in (0, 1) and --nms in (0, 1]"
+    return None

@@ -1,0 +1,282 @@
+"""The HTTP front end: parse HTTP, admit or refuse, hand raw bodies to the pool, answer.
+
+It does no JSON, base64 or image work on request bodies: those run in the
+workers, in parallel. What it checks are the things only HTTP knows (method,
+path, auth, lengths, content type) so that a bad request is refused before
+it costs a worker anything.
+"""
+
+import hmac
+import json
+import re
+import time
+import uuid
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+from . import __version__
+from .logs import log_access
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .request_parsing import IMAGE_MEDIA_TYPES, JSON_MEDIA_TYPE, MAX_IMAGE_ID_CHARS
+from .worker_pool import PendingRequest, QueueFull
+
+ACCEPTED_MEDIA_TYPES = (JSON_MEDIA_TYPE, *IMAGE_MEDIA_TYPES)
+API_PATHS = ("/api/", "/api")
+GET_ROUTES = ("/", "/healthz", "/readyz", "/metrics")
+CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+RETRY_AFTER_S = 1
+
+WELCOME_TEXT = (
+    "detserve: object detection with YOLOv3-tiny.\n"
+    "POST /api/ with JSON {\"id\": \"...\", \"image\": \"<base64 JPEG or PNG>\"}\n"
+    "  -> {\"id\": \"...\", \"detections\": [{\"label\", \"confidence\", \"bbox\": [x, y, w, h]}]}\n"
+    "GET /healthz (liveness), /readyz (readiness), /metrics (Prometheus).\n"
+)
+
+
+class DetectionHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 1024  # the listen backlog: a burst of connections is queued, not reset
+
+    def __init__(self, address, service):
+        self.service = service
+        super().__init__(address, DetectionRequestHandler)
+
+
+def error_json(message, image_id=None):
+    return json.dumps({"error": message, "id": image_id}).encode()
+
+
+class DetectionRequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def version_string(self):
+        return f"detserve/{__version__}"  # not the Python version: nothing for a scanner to match
+
+    # -- connection and per-request state ------------------------------------------
+    def setup(self):
+        self.timeout = self.server.service.config.client_timeout_s  # idle keep-alive and slow headers
+        super().setup()
+
+    def handle_one_request(self):
+        self._started_s = None  # set when a request line arrives, not while a keep-alive idles
+        self._request_id = None
+        self._route = "other"
+        self._log = {"image_id": None, "batch_size": None, "error": None}
+        super().handle_one_request()
+
+    def log_request(self, code="-", size="-"):
+        pass  # one access line per request is written by _send, with more fields
+
+    def log_message(self, format, *args):
+        pass  # http.server's own messages are replaced by the access log
+
+    # -- routing ---------------------------------------------------------------------------
+    def do_GET(self):
+        self._route_request("GET")
+
+    def do_HEAD(self):
+        self._route_request("HEAD")
+
+    def do_POST(self):
+        self._route_request("POST")
+
+    def do_PUT(self):
+        self._route_request("PUT")
+
+    def do_DELETE(self):
+        self._route_request("DELETE")
+
+    def do_PATCH(self):
+        self._route_request("PATCH")
+
+    def do_OPTIONS(self):
+        self._route_request("OPTIONS")
+
+    def _route_request(self, method):
+        self._started_s = time.perf_counter()
+        path = urlsplit(self.path).path
+        self._request_id = self._pick_request_id()
+        if path in API_PATHS:
+            self._route = "/api/"
+            if method == "POST":
+                return self._detect()
+            return self._refuse_method("POST")
+        if path in GET_ROUTES:
+            self._route = path
+            if method in ("GET", "HEAD"):
+                return getattr(self, "_get_" + (path.strip("/") or "root"))()
+            return self._refuse_method("GET, HEAD")
+        self._send_error(404, f"no such path {path!r}; the API is POST /api/")
+
+    def _refuse_method(self, allowed):
+        self._send_error(405, f"{self.command} is not allowed here; use {allowed}",
+                         headers={"Allow": allowed})
+
+    def _pick_request_id(self):
+        sent = self.headers.get("X-Request-ID", "")
+        return sent if CLIENT_REQUEST_ID.match(sent) else uuid.uuid4().hex
+
+    # -- GET routes -----------------------------------------------------------------------------
+    def _get_root(self):
+        self._send(200, WELCOME_TEXT.encode(), "text/plain; charset=utf-8")
+
+    def _get_healthz(self):
+        service = self.server.service
+        if service.fatal_error:
+            return self._send_json(503, {"status": "failing", "reason": service.fatal_error})
+        self._send_json(200, {"status": "ok"})
+
+    def _get_readyz(self):
+        ready, reason = self.server.service.readiness()
+        body = {"status": "ready" if ready else "not ready", "workers_ready": self.server.service.pool.ready_count(),
+                "workers": self.server.service.config.workers}
+        if not ready:
+            body["reason"] = reason
+        self._send_json(200 if ready else 503, body)
+
+    def _get_metrics(self):
+        self._send(200, self.server.service.metrics.render().encode(), METRICS_CONTENT_TYPE)
+
+    # -- POST /api/ -------------------------------------------------------------------------------
+    def _detect(self):
+        service = self.server.service
+        config = service.config
+        arrived_s = time.monotonic()
+        if config.api_key and not self._authorized(config.api_key):
+            return self._send_error(401, "missing or wrong API key; send 'Authorization: Bearer <key>'",
+                                    reason="unauthorized", close=True,
+                                    headers={"WWW-Authenticate": 'Bearer realm="detserve"'})
+        if service.draining:
+            return self._send_error(503, "the server is shutting down; retry on another instance",
+                                    reason="draining", close=True, headers={"Retry-After": str(RETRY_AFTER_S)})
+        query_image_id = self._query_image_id()
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._send_error(411, "chunked bodies are not supported; send a Content-Length",
+                                    reason="bad_input", close=True)
+        length_text = self.headers.get("Content-Length")
+        if length_text is None:
+            return self._send_error(411, "Content-Length is required", reason="bad_input", close=True)
+        if not length_text.strip().isdigit():
+            return self._send_error(400, f"Content-Length {length_text!r} is not a number",
+                                    reason="bad_input", close=True)
+        length = int(length_text)
+        if length > config.max_body_bytes:
+            return self._send_error(413, f"the body is {length:,} bytes, more than the "
+                                         f"{config.max_body_bytes:,}-byte limit (--max-body-mb)",
+                                    reason="bad_input", close=True)
+        media_type = self._media_type()
+        if media_type not in ACCEPTED_MEDIA_TYPES:
+            return self._send_error(415, f"Content-Type {media_type!r} is not accepted; send application/json "
+                                         "(or a raw image/jpeg or image/png body)",
+                                    reason="bad_input", close=True)
+        if query_image_id is not None and len(query_image_id) > MAX_IMAGE_ID_CHARS:
+            return self._send_error(400, f"?id= is longer than {MAX_IMAGE_ID_CHARS} characters",
+                                    reason="bad_input", close=True)
+        body = self._read_body(length)
+        if body is None:
+            return self._send_error(400, f"the body ended before its Content-Length of {length:,} bytes "
+                                         f"(or took longer than {config.client_timeout_s:g} s to arrive)",
+                                    reason="bad_input", close=True)
+        with service.track_in_flight():
+            pending = PendingRequest(service.next_request_id(), media_type, query_image_id, body,
+                                     arrived_s + config.request_timeout_s)
+            try:
+                service.pool.submit(pending)
+            except QueueFull as exc:
+                return self._send_error(503, f"overloaded: {exc}; retry after {RETRY_AFTER_S} s",
+                                        reason="draining" if service.draining else "overload",
+                                        image_id=query_image_id, headers={"Retry-After": str(RETRY_AFTER_S)})
+            result = pending.wait(pending.deadline_s - time.monotonic())
+            if result is None:
+                return self._send_error(504, f"no answer within the {config.request_timeout_s:g} s deadline",
+                                        reason="deadline", image_id=query_image_id)
+        self._log.update(image_id=result.image_id, batch_size=result.batch_size or None, error=result.error)
+        total_ms = (time.perf_counter() - self._started_s) * 1000
+        timing = (f"queue;dur={result.queue_wait_s * 1000:.1f}, inference;dur={result.inference_s * 1000:.1f}, "
+                  f"total;dur={total_ms:.1f}")
+        if result.reject_reason:
+            service.metrics.rejections.inc(result.reject_reason)
+        self._send(result.status, result.body, "application/json", headers={"Server-Timing": timing})
+
+    def _authorized(self, api_key):
+        scheme, _, provided = self.headers.get("Authorization", "").partition(" ")
+        # compare_digest takes the same time wherever the strings differ.
+        return scheme.lower() == "bearer" and hmac.compare_digest(provided.strip().encode(), api_key.encode())
+
+    def _media_type(self):
+        raw = self.headers.get("Content-Type")
+        if raw is None:  # a bare `curl --data-binary` without -H: assume the documented JSON
+            return JSON_MEDIA_TYPE
+        return raw.split(";", 1)[0].strip().lower()
+
+    def _query_image_id(self):
+        values = parse_qs(urlsplit(self.path).query).get("id")
+        return values[0] if values else None
+
+    def _read_body(self, length):
+        """Read exactly length bytes within --client-timeout-s in total, or return None."""
+        body = bytearray(length)
+        view = memoryview(body)
+        received = 0
+        deadline_s = time.monotonic() + self.server.service.config.client_timeout_s
+        try:
+            while received < length:
+                remaining_s = deadline_s - time.monotonic()
+                if remaining_s <= 0:
+                    return None
+                self.connection.settimeout(remaining_s)  # a trickle of bytes cannot reset the clock
+                count = self.rfile.readinto1(view[received:])
+                if not count:
+                    return None
+                received += count
+        except OSError:  # includes socket.timeout
+            return None
+        finally:
+            view.release()
+            self.connection.settimeout(self.timeout)
+        return body
+
+    # -- answering --------------------------------------------------------------------------------
+    def send_error(self, code, message=None, explain=None):
+        """http.server calls this for malformed requests; answer JSON, never HTML."""
+        self._request_id = self._request_id or uuid.uuid4().hex
+        self._started_s = self._started_s or time.perf_counter()
+        self._send_error(code, message or HTTPStatus(code).phrase, reason="bad_input", close=True)
+
+    def _send_error(self, status, message, reason=None, close=False, image_id=None, headers=None):
+        self._log["error"] = message
+        if reason and self._route == "/api/":
+            self.server.service.metrics.rejections.inc(reason)
+        self._send(status, error_json(message, image_id), "application/json", headers=headers, close=close)
+
+    def _send_json(self, status, payload):
+        self._send(status, json.dumps(payload).encode(), "application/json")
+
+    def _send(self, status, body, content_type, headers=None, close=False):
+        close = close or self.server.service.draining
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Request-ID", self._request_id)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self._finish(status, len(body))
+
+    def _finish(self, status, size):
+        duration_s = time.perf_counter() - self._started_s
+        metrics = self.server.service.metrics
+        metrics.requests.inc(self._route, str(status))
+        metrics.request_duration.observe(duration_s, self._route)
+        path = getattr(self, "path", None)
+        log_access(remote=self.client_address[0], method=self.command or "-",
+                   path=urlsplit(path).path if path else "-",
+                   status=status, bytes=size, duration_ms=round(duration_s * 1000, 1),
+                   request_id=self._request_id, **self._log)

@@ -1,0 +1,49 @@
+"""The typed messages that cross the process boundary between front end and workers.
+
+Front end -> worker, on the worker's own task pipe: a pickled TaskHeader, then
+the raw request body with ``send_bytes`` (no pickling, no copy of the body);
+``None`` in place of a header tells the worker to stop.
+Worker -> front end, on the worker's own result pipe: WorkerReady or
+WorkerBootFailed once, then one list of Result per batch.
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+STOP = None
+
+
+@dataclass(frozen=True)
+class TaskHeader:
+    request_id: int
+    media_type: str
+    query_image_id: Optional[str]
+    enqueued_at_s: float  # time.monotonic(), which every process on the host shares
+    deadline_s: float
+
+
+@dataclass(frozen=True)
+class Result:
+    request_id: int
+    status: int
+    body: bytes
+    image_id: Optional[str] = None
+    error: Optional[str] = None
+    reject_reason: Optional[str] = None  # "bad_input" or "deadline", for metrics
+    queue_wait_s: float = 0.0
+    inference_s: float = 0.0
+    batch_size: int = 0
+    labels: Tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class WorkerReady:
+    worker_index: int
+    pid: int
+    load_time_s: float
+
+
+@dataclass(frozen=True)
+class WorkerBootFailed:
+    worker_index: int
+    reason: str

@@ -1,0 +1,128 @@
+"""Turn a raw request body into an image id and a decoded image (runs in the workers).
+
+Accepted bodies, because real clients send all of them:
+- JSON ``{"id": "...", "image": "<base64>"}``;
+- the same object double-encoded as a JSON string (the original template client);
+- a data-URL prefix on the base64 (``data:image/jpeg;base64,...``);
+- a raw JPEG or PNG body (``Content-Type: image/jpeg`` or ``image/png``).
+Every failure raises BadRequest with a status and a message a user can act on.
+"""
+
+import base64
+import binascii
+import json
+import re
+import uuid
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .image_header import ImageHeaderError, read_header
+
+JSON_MEDIA_TYPE = "application/json"
+IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png")
+MAX_IMAGE_ID_CHARS = 256
+WHITESPACE = re.compile(rb"\s+")
+
+
+class BadRequest(Exception):
+    def __init__(self, status, message, image_id=None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.image_id = image_id
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    image_id: str
+    image_bytes: bytes
+
+
+def check_image_id(image_id):
+    """Return image_id if it is an acceptable id, else raise BadRequest."""
+    if not isinstance(image_id, str):
+        raise BadRequest(400, f'"id" must be a string, not {type(image_id).__name__}')
+    if len(image_id) > MAX_IMAGE_ID_CHARS:
+        raise BadRequest(400, f'"id" is longer than {MAX_IMAGE_ID_CHARS} characters')
+    return image_id
+
+
+def parse_body(body, media_type, query_image_id=None):
+    """Return the ImageRequest a body carries, or raise BadRequest."""
+    if media_type in IMAGE_MEDIA_TYPES:
+        image_id = check_image_id(query_image_id) if query_image_id is not None else str(uuid.uuid4())
+        if not body:
+            raise BadRequest(400, "the request body is empty; send the image bytes", image_id)
+        return ImageRequest(image_id, bytes(body))
+    return _parse_json_body(body)
+
+
+def _parse_json_body(body):
+    try:
+        payload = json.loads(body)
+        if isinstance(payload, str):  # double-encoded: a JSON string holding the object
+            payload = json.loads(payload)
+    except UnicodeDecodeError:
+        raise BadRequest(400, "the body is not valid UTF-8 JSON") from None
+    except RecursionError:
+        raise BadRequest(400, "the JSON is nested too deeply") from None
+    except ValueError as exc:
+        raise BadRequest(400, f"the body is not valid JSON ({exc})") from None
+    if not isinstance(payload, dict):
+        raise BadRequest(400, 'the JSON body must be an object {"id": ..., "image": ...}')
+    if "id" not in payload:
+        raise BadRequest(400, 'the JSON body has no "id" field')
+    image_id = check_image_id(payload["id"])
+    image = payload.get("image")
+    if image is None:
+        raise BadRequest(400, 'the JSON body has no "image" field (base64 of a JPEG or PNG)', image_id)
+    if not isinstance(image, str):
+        raise BadRequest(400, f'"image" must be a base64 string, not {type(image).__name__}', image_id)
+    return ImageRequest(image_id, decode_base64(image, image_id))
+
+
+def decode_base64(text, image_id=None):
+    """Decode standard base64, tolerating a data-URL prefix, line breaks and missing padding."""
+    if text.startswith("data:"):
+        prefix, _, text = text.partition(",")
+        if not prefix.endswith(";base64"):
+            raise BadRequest(400, "the data URL is not base64-encoded (expected ';base64,')", image_id)
+    try:
+        raw = text.encode("ascii")
+    except UnicodeEncodeError:
+        raise BadRequest(400, '"image" is not valid base64 (it has non-ASCII characters)', image_id) from None
+    try:
+        decoded = base64.b64decode(raw, validate=True)
+    except binascii.Error:
+        # The strict pass failed: allow MIME line breaks and missing padding, nothing else.
+        cleaned = WHITESPACE.sub(b"", raw)
+        cleaned += b"=" * (-len(cleaned) % 4)
+        try:
+            decoded = base64.b64decode(cleaned, validate=True)
+        except binascii.Error:
+            raise BadRequest(400, '"image" is not valid base64', image_id) from None
+    if not decoded:
+        raise BadRequest(400, '"image" is empty', image_id)
+    return decoded
+
+
+def decode_image(request, max_pixels):
+    """Decode the request's bytes to a BGR image, refusing bombs before allocating them."""
+    try:
+        header = read_header(request.image_bytes)
+    except ImageHeaderError as exc:
+        raise BadRequest(400, f"not a usable image: {exc}", request.image_id) from None
+    if header.pixels > max_pixels:
+        raise BadRequest(
+            413, f"the image is {header.width}x{header.height} pixels, more than the "
+                 f"{max_pixels:,}-pixel limit; resize it", request.image_id)
+    buffer = np.frombuffer(request.image_bytes, np.uint8)
+    try:
+        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    except cv2.error:
+        image = None
+    if image is None:
+        raise BadRequest(400, f"the {header.format} could not be decoded (corrupt data)", request.image_id)
+    return image
