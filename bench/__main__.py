@@ -9,11 +9,11 @@ import argparse
 import datetime
 import json
 import sys
-import threading
+from pathlib import Path
 
 from bench import report
 from bench.images import ImageFolderError, load_folder
-from bench.loadgen import DEFAULT_TIMEOUT_S, run_load
+from bench.loadgen import DEFAULT_TIMEOUT_S, Target, run_load
 from bench.plot import PlotUnavailable, plot_rows
 from bench.progress import ProgressLine
 from bench.sweep import ROW_FIELDS, parse_thread_counts, run_sweep
@@ -81,7 +81,6 @@ def _load_images(parser, folder):
 
 
 def _check_url(parser, url):
-    from bench.loadgen import Target
     try:
         Target.parse(url)
     except ValueError as exc:
@@ -162,9 +161,7 @@ def sweep_main(argv):
     out = args.out or f"{RESULTS_DIR}/sweep-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}.csv"
     try:
         # Checked before measuring: a sweep can take many minutes.
-        rows = report.read_rows(out) if args.append and _exists(out) else []
-        if args.append:
-            report.check_appendable(out, ROW_FIELDS)
+        rows = report.rows_to_append_to(out, ROW_FIELDS) if args.append else []
     except report.ResultsFileError as exc:
         parser.error(str(exc))
 
@@ -174,7 +171,7 @@ def sweep_main(argv):
         progress = ProgressLine(label=f"threads {threads}: ", enabled=False if args.quiet else None)
         return progress
 
-    new_rows = []
+    new_rows, interrupted = [], False
     # A "repeat" budget replaces the default duration.
     duration_s = None if args.repeat else args.duration
     try:
@@ -183,6 +180,7 @@ def sweep_main(argv):
                                       replicas=args.replicas, progress_for=progress_for):
             progress.close()
             new_rows.append(row)
+            interrupted = summary.interrupted
             # Written after every point, so a sweep stopped early keeps what it measured.
             report.write_rows(out, rows + new_rows, ROW_FIELDS)
             if not args.quiet:
@@ -193,12 +191,7 @@ def sweep_main(argv):
     print(report.format_table(new_rows))
     print(f"{'appended' if args.append else 'wrote'} {len(new_rows)} row{'s' if len(new_rows) != 1 else ''} "
           f"to {out}", file=sys.stderr)
-    return EXIT_INTERRUPTED if new_rows and summary.interrupted else EXIT_OK
-
-
-def _exists(path):
-    from pathlib import Path
-    return Path(path).exists()
+    return EXIT_INTERRUPTED if interrupted else EXIT_OK
 
 
 def _point_note(s):
@@ -224,7 +217,7 @@ def plot_main(argv):
         parser.error(str(exc))
     if not rows:
         parser.error(f"{args.results} holds no result rows")
-    out = args.out or str(__import__("pathlib").Path(args.results).with_suffix(".png"))
+    out = args.out or str(Path(args.results).with_suffix(".png"))
     try:
         plot_rows(rows, out, title=args.title)
     except PlotUnavailable as exc:

@@ -61,7 +61,24 @@ def format_summary(summary):
         lines.append(f"  average response time  {s.avg_response_time_s:.4f} s "
                      "(the original client's figure: wall time / images)")
     lines.append(f"  connections      {s.connections_opened} opened")
+    hint = _hint(s)
+    if hint:
+        lines.append(f"  hint: {hint}")
     return "\n".join(lines)
+
+
+def _hint(s):
+    """Where every request failed the same way, the likely cause, in words a user can act on."""
+    if s.successes or len(s.errors_by_kind) != 1:
+        return None
+    kind = next(iter(s.errors_by_kind))
+    if kind == "connection":
+        return f"no request got through: is a server listening at {s.url}?"
+    if kind in ("http_404", "http_405"):
+        return f"is {s.url} the API address (it usually ends in /api/)?"
+    if kind == "timeout":
+        return "every request timed out: is the server overloaded, or is --timeout too short?"
+    return None
 
 
 def _kinds(errors_by_kind):
@@ -130,20 +147,23 @@ def read_rows(path):
         raise ResultsFileError(f"cannot read results file {path}: {exc}") from None
 
 
-def check_appendable(path, fields):
-    """Raise ResultsFileError unless rows with these fields can be appended to path."""
+def rows_to_append_to(path, fields):
+    """The rows already in path (none if it does not exist yet); raise ResultsFileError
+    if rows with these fields cannot be added to it."""
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
-        return
+        return []
     rows = read_rows(path)
-    if path.suffix.lower() != ".json":
+    if path.suffix.lower() == ".json":
+        if any(not isinstance(row, dict) for row in rows):
+            raise ResultsFileError(f"{path} does not hold a JSON list of result rows")
+    else:
         with open(path, newline="") as f:
             header = next(csv.reader(f), [])
         if tuple(header) != tuple(fields):
             raise ResultsFileError(
                 f"{path} has other columns than this version of bench writes; append to a new file instead")
-    elif any(not isinstance(r, dict) for r in rows):
-        raise ResultsFileError(f"{path} does not hold a JSON list of result rows")
+    return rows
 
 
 def write_rows(path, rows, fields):

@@ -51,6 +51,9 @@ def error_json(message, image_id=None):
 
 class DetectionRequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Errors found before the request line is parsed still get status and headers
+    # (http.server's HTTP/0.9 default would send a bare body nobody can read).
+    default_request_version = "HTTP/1.1"
     def version_string(self):
         return f"detserve/{__version__}"  # not the Python version: nothing for a scanner to match
 
