@@ -110,8 +110,9 @@ def run_main(argv):
     if args.verbose:
         # With --json, stdout carries the JSON and nothing else.
         out = sys.stderr if args.json else sys.stdout
+        image_width = max(len(image.name) for image in images)
         def on_record(record):
-            print(report.format_record(record), file=out, flush=True)
+            print(report.format_record(record, image_width), file=out, flush=True)
     progress = ProgressLine(enabled=False if (args.quiet or args.verbose) else None)
     try:
         summary = run_load(images, args.url, args.threads, repeat=args.repeat or 1, duration_s=args.duration,

@@ -85,9 +85,12 @@ def _kinds(errors_by_kind):
     return ", ".join(f"{kind} {count}" for kind, count in errors_by_kind.items())
 
 
-def format_record(record):
-    """One per-image line, like the original client's: image, id, what was found."""
-    head = f"{record.image}  {record.id}  {record.latency_ms:7.1f} ms  "
+def format_record(record, image_width=0):
+    """One per-image line, like the original client's: image, id, what was found.
+
+    image_width pads the image name so that the lines of one run line up.
+    """
+    head = f"{record.image:<{image_width}}  {record.id}  {record.latency_ms:7.1f} ms  "
     if not record.ok:
         status = f" {record.status}" if record.status is not None and record.error != f"http_{record.status}" else ""
         return head + f"ERROR {record.error}{status}: {record.detail}"

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 from . import __version__
 from .logs import log_access
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .request_parsing import IMAGE_MEDIA_TYPES, JSON_MEDIA_TYPE, MAX_IMAGE_ID_CHARS
+from .messages import IMAGE_MEDIA_TYPES, JSON_MEDIA_TYPE, MAX_IMAGE_ID_CHARS, error_body
 from .worker_pool import PendingRequest, QueueFull
 
 ACCEPTED_MEDIA_TYPES = (JSON_MEDIA_TYPE, *IMAGE_MEDIA_TYPES)
@@ -43,10 +43,6 @@ class DetectionHTTPServer(ThreadingHTTPServer):
     def __init__(self, address, service):
         self.service = service
         super().__init__(address, DetectionRequestHandler)
-
-
-def error_json(message, image_id=None):
-    return json.dumps({"error": message, "id": image_id}).encode()
 
 
 class DetectionRequestHandler(BaseHTTPRequestHandler):
@@ -252,7 +248,7 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
         self._log["error"] = message
         if reason and self._route == "/api/":
             self.server.service.metrics.rejections.inc(reason)
-        self._send(status, error_json(message, image_id), "application/json", headers=headers, close=close)
+        self._send(status, error_body(message, image_id), "application/json", headers=headers, close=close)
 
     def _send_json(self, status, payload):
         self._send(status, json.dumps(payload).encode(), "application/json")

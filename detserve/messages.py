@@ -7,10 +7,19 @@ Worker -> front end, on the worker's own result pipe: WorkerReady or
 WorkerBootFailed once, then one list of Result per batch.
 """
 
+import json
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 STOP = None
+JSON_MEDIA_TYPE = "application/json"
+IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png")
+MAX_IMAGE_ID_CHARS = 256
+
+
+def error_body(message, image_id=None):
+    """The JSON body of every error answer: a reason a user can act on, and the id if known."""
+    return json.dumps({"error": message, "id": image_id}).encode()
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,8 @@ import cv2
 import numpy as np
 
 from .image_header import ImageHeaderError, read_header
+from .messages import IMAGE_MEDIA_TYPES, MAX_IMAGE_ID_CHARS
 
-JSON_MEDIA_TYPE = "application/json"
-IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png")
-MAX_IMAGE_ID_CHARS = 256
 WHITESPACE = re.compile(rb"\s+")
 
 

@@ -1,31 +1,20 @@
-"""One worker process: load the model once, then batch, decode, detect and answer.
+"""One worker process: load the model once, then batch, detect and answer until told to stop.
 
 The worker owns no HTTP: it reads (TaskHeader, body) pairs from its task pipe
-and writes lists of Result to its result pipe. Requests whose deadline passed
-while they waited are dropped before inference, so a backlog never makes the
-worker do work nobody waits for.
+and writes lists of Result to its result pipe. This module imports nothing
+heavy at the top, so the front end can name worker_main without loading
+OpenCV itself; the worker imports it inside the boot step, where a failure
+is reported as a boot failure.
 """
 
-import json
 import os
 import signal
 import sys
-import time
-import traceback
 
-import cv2
-
-from . import cpu_budget
 from .batching import collect_batch
-from .detector import Detector
-from .messages import Result, WorkerBootFailed, WorkerReady
-from .request_parsing import BadRequest, decode_image, parse_body
+from .messages import WorkerBootFailed, WorkerReady
 
 BOOT_FAILURE_EXIT_CODE = 3
-
-
-def error_body(message, image_id=None):
-    return json.dumps({"error": message, "id": image_id}).encode()
 
 
 def worker_main(worker_index, task_conn, result_conn, busy_flags, config):
@@ -34,13 +23,16 @@ def worker_main(worker_index, task_conn, result_conn, busy_flags, config):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
+        from .batch_runner import BatchRunner
+        from .detector import Detector
+
         detector = Detector(config.model_dir, config.confidence, config.nms)
         detector.warm_up()
-    except Exception as exc:  # a model that cannot load is fatal for the server, not a respawn loop
+    except BaseException as exc:  # a model that cannot load is fatal for the server, not a respawn loop
         result_conn.send(WorkerBootFailed(worker_index, f"{type(exc).__name__}: {exc}"))
         sys.exit(BOOT_FAILURE_EXIT_CODE)
     result_conn.send(WorkerReady(worker_index, os.getpid(), detector.load_time_s))
-    worker = BatchRunner(worker_index, detector, busy_flags, config)
+    runner = BatchRunner(worker_index, detector, busy_flags, config)
     stop = False
     while not stop:
         try:
@@ -48,61 +40,4 @@ def worker_main(worker_index, task_conn, result_conn, busy_flags, config):
         except (EOFError, OSError):
             return
         if tasks:
-            result_conn.send(worker.run(tasks))
-
-
-class BatchRunner:
-    def __init__(self, worker_index, detector, busy_flags, config):
-        self.worker_index = worker_index
-        self.detector = detector
-        self.busy_flags = busy_flags
-        self.config = config
-        self.cpus = cpu_budget.available_cpus()
-
-    def run(self, tasks):
-        """Answer every task of one batch; one forward pass for all images that decode."""
-        started_s = time.monotonic()
-        results = []
-        images, accepted = [], []
-        for header, body in tasks:
-            queue_wait_s = started_s - header.enqueued_at_s
-            if started_s > header.deadline_s:
-                results.append(Result(header.request_id, 504, error_body("the request waited past its deadline"),
-                                      error="deadline passed in queue", reject_reason="deadline",
-                                      queue_wait_s=queue_wait_s))
-                continue
-            try:
-                request = parse_body(body, header.media_type, header.query_image_id)
-                images.append(decode_image(request, self.config.max_pixels))
-                accepted.append((header, request.image_id, queue_wait_s))
-            except BadRequest as exc:
-                results.append(Result(header.request_id, exc.status, error_body(exc.message, exc.image_id),
-                                      image_id=exc.image_id, error=exc.message, reject_reason="bad_input",
-                                      queue_wait_s=queue_wait_s))
-        if images:
-            results.extend(self._detect(images, accepted))
-        return results
-
-    def _detect(self, images, accepted):
-        self.busy_flags[self.worker_index] = 1
-        try:
-            cv2.setNumThreads(cpu_budget.threads_for_batch(
-                self.cpus, sum(self.busy_flags), self.config.cv_threads))
-            started = time.perf_counter()
-            per_image = self.detector.detect_batch(images)
-            inference_s = time.perf_counter() - started
-        except Exception as exc:  # every request of a failed batch gets the error
-            traceback.print_exc()
-            message = f"inference failed: {type(exc).__name__}"
-            return [Result(header.request_id, 500, error_body(message, image_id), image_id=image_id,
-                           error=message, queue_wait_s=wait_s, batch_size=len(images))
-                    for header, image_id, wait_s in accepted]
-        finally:
-            self.busy_flags[self.worker_index] = 0
-        results = []
-        for (header, image_id, wait_s), detections in zip(accepted, per_image):
-            body = json.dumps({"id": image_id, "detections": [d.as_json() for d in detections]}).encode()
-            results.append(Result(header.request_id, 200, body, image_id=image_id, queue_wait_s=wait_s,
-                                  inference_s=inference_s, batch_size=len(images),
-                                  labels=tuple(d.label for d in detections)))
-        return results
+            result_conn.send(runner.run(tasks))

@@ -32,8 +32,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from .messages import STOP, Result, TaskHeader, WorkerBootFailed, WorkerReady
-from .worker import error_body, worker_main
+from .messages import STOP, Result, TaskHeader, WorkerBootFailed, WorkerReady, error_body
+from .worker import worker_main
 
 log = logging.getLogger("detserve.pool")
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import ServerProcess, http_request, sample_images
+from conftest import ServerProcess, sample_images
 from reference import assert_same_detections, reference_detections
 
 
