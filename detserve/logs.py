@@ -6,17 +6,22 @@ ACCESS_FIELDS are written.
 
 import json
 import logging
+import re
 import sys
 import time
 
 ACCESS_FIELDS = ("remote", "method", "path", "status", "bytes", "duration_ms",
                  "request_id", "image_id", "batch_size", "error")
 access_log = logging.getLogger("detserve.access")
+# Printable ASCII without space or '"': written bare. Anything else (a newline or an
+# escape sequence in a client's image id or path) is JSON-quoted, so one request
+# stays one line and a client cannot forge a second one.
+BARE_TEXT = re.compile(r'[!#-~]+')
 
 
 def _text_value(value):
     text = str(value)
-    return json.dumps(text) if (" " in text or '"' in text or not text) else text
+    return text if BARE_TEXT.fullmatch(text) else json.dumps(text)
 
 
 class TextFormatter(logging.Formatter):
@@ -24,9 +29,9 @@ class TextFormatter(logging.Formatter):
         fields = getattr(record, "access", None)
         if fields is None:
             return f"detserve: {record.getMessage()}"
-        request_line = f'"{fields["method"]} {fields["path"]}"'
+        request_line = json.dumps(f'{fields["method"]} {fields["path"]}')  # the path is the client's
         line = (f'{fields["remote"]} {request_line} {fields["status"]} {fields["bytes"]}B '
-                f'{fields["duration_ms"]:.1f}ms rid={fields["request_id"]}')
+                f'{fields["duration_ms"]:.1f}ms rid={_text_value(fields["request_id"])}')
         for key in ("image_id", "batch_size", "error"):
             if fields.get(key) not in (None, ""):
                 line += f" {key}={_text_value(fields[key])}"

@@ -12,9 +12,14 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# Exported at 0 from the start, so rate() and alerts see a series before the first refusal.
+REJECT_REASONS = ("overload", "deadline", "bad_input", "draining", "worker_died", "worker_stuck",
+                  "unauthorized", "inference_error")
 
 
 def _format_value(value):
+    if value != value:  # the format spells it NaN; repr() would write nan
+        return "NaN"
     if value == math.inf:
         return "+Inf"
     if value == -math.inf:
@@ -109,6 +114,8 @@ class Histogram(_Metric):
                 if value <= bound:
                     series[0][i] += 1
                     break
+            else:  # NaN compares false with every bound; +Inf must still equal _count
+                series[0][-1] += 1
             series[1] += value
             series[2] += 1
 
@@ -170,9 +177,8 @@ class ServerMetrics:
             initial_labels=[(label,) for label in labels]))
         self.rejections = r.add(Counter(
             "detserve_rejected_requests_total",
-            "Detection requests refused, by reason (overload, deadline, bad_input, draining, "
-            "worker_died, worker_stuck, unauthorized, inference_error).",
-            ("reason",)))
+            f"Detection requests refused, by reason ({', '.join(REJECT_REASONS)}).",
+            ("reason",), initial_labels=[(reason,) for reason in REJECT_REASONS]))
         self.worker_restarts = r.add(Counter(
             "detserve_worker_restarts_total", "Worker processes replaced after dying or hanging."))
         r.add(Gauge("detserve_queue_depth", "Requests waiting for a worker.", read_queue_depth))

@@ -141,20 +141,21 @@ class WorkerPool:
             leftovers = list(self._queue)
             self._queue.clear()
             self._cond.notify_all()
+            # The collector may reap a slot meanwhile; keep our own references.
+            live = [(slot.process, slot.task_conn) for slot in self._slots if slot.process is not None]
         for pending in leftovers:
             pending.resolve(failure(pending, 503, "the server is shutting down; retry", "draining"))
-        for slot in self._slots:
+        for _, task_conn in live:
             try:
-                slot.task_conn.send(STOP)
-            except (OSError, AttributeError):
+                task_conn.send(STOP)
+            except OSError:
                 pass
         deadline = time.monotonic() + WORKER_STOP_TIMEOUT_S
-        for slot in self._slots:
-            if slot.process is not None:
-                slot.process.join(max(0.0, deadline - time.monotonic()))
-                if slot.process.is_alive():
-                    slot.process.kill()
-                    slot.process.join()
+        for process, _ in live:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join()
         for thread in self._threads:
             thread.join(timeout=2)
         for slot in self._slots:

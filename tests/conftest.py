@@ -121,8 +121,12 @@ class ServerProcess:
 
     def worker_pids(self):
         """PIDs of this server's worker processes (children of the server)."""
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-        return [int(pid) for pid in children]
+        # A replacement worker is the child of the thread that spawned it: ask every thread.
+        children = [pid for task in Path(f"/proc/{self.proc.pid}/task").iterdir()
+                    for pid in (task / "children").read_text().split()]
+        # Spawned workers run multiprocessing's spawn_main; the resource tracker does not.
+        return [int(pid) for pid in children
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
 def http_request(url, body=None, method=None, headers=None, timeout_s=60):

@@ -1,0 +1,283 @@
+"""Reliability with real processes and real signals: health, overload, deadlines,
+dead and stuck workers, boot failures, graceful shutdown, slow clients, auth.
+"""
+
+import base64
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from conftest import INPUT_FOLDER, REPO_ROOT, ServerProcess
+from reference import assert_same_detections, reference_detections
+
+CAMERA = (INPUT_FOLDER / "camera.jpg").read_bytes()
+CAMERA_REQUEST = {"id": "camera", "image": base64.b64encode(CAMERA).decode()}
+# A hang shows up as a request that outlives this; a healthy answer takes well under a second.
+HANG_LIMIT_S = 20
+
+
+def post_camera(srv, image_id="camera", timeout_s=HANG_LIMIT_S, headers=None):
+    return srv.request("/api/", {**CAMERA_REQUEST, "id": image_id}, timeout_s=timeout_s, headers=headers)
+
+
+def post_many(srv, count, concurrency):
+    """Post count requests from concurrency threads; return [(status, payload, seconds)]."""
+    def one(i):
+        started = time.monotonic()
+        status, headers, payload = post_camera(srv, f"r{i}")
+        return status, payload, time.monotonic() - started, headers
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def metric_value(srv, sample_prefix):
+    _, _, text = srv.request("/metrics")
+    for line in text.splitlines():
+        if line.startswith(sample_prefix + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+# -- health ---------------------------------------------------------------------------------
+
+def test_readiness_waits_for_every_worker_and_liveness_answers_at_once():
+    with ServerProcess("--workers", "2", wait_ready=False) as srv:
+        status, _, payload = srv.request("/readyz")
+        live_status, _, _ = srv.request("/healthz")
+        assert live_status == 200
+        assert status == 503 and "workers" in payload["reason"]
+        srv.wait_for_line(r"detserve: ready")
+        status, _, payload = srv.request("/readyz")
+        assert status == 200 and payload["workers_ready"] == 2
+
+
+# -- overload and deadlines -----------------------------------------------------------------
+
+def test_a_full_queue_answers_503_with_retry_after_at_once():
+    with ServerProcess("--workers", "1", "--queue-size", "2", "--max-batch", "1") as srv:
+        answers = post_many(srv, count=24, concurrency=24)
+        statuses = [a[0] for a in answers]
+        assert set(statuses) <= {200, 503}, statuses
+        assert statuses.count(503) > 0 and statuses.count(200) > 0
+        for status, payload, _, headers in answers:
+            if status == 503:
+                assert headers["Retry-After"] == "1"
+                assert "overloaded" in payload["error"]
+        assert metric_value(srv, 'detserve_rejected_requests_total{reason="overload"}') == statuses.count(503)
+
+
+def test_requests_past_their_deadline_are_dropped_before_inference():
+    with ServerProcess("--workers", "1", "--max-batch", "1", "--cv-threads", "1",
+                       "--request-timeout-s", "0.4", "--queue-size", "64") as srv:
+        answers = post_many(srv, count=40, concurrency=40)
+        statuses = [a[0] for a in answers]
+        assert set(statuses) <= {200, 504}, statuses
+        assert statuses.count(504) > 0
+        time.sleep(1.0)  # let the worker reach the expired requests still queued
+        processed = metric_value(srv, "detserve_images_processed_total")
+        # Each image processed either answered a 200 or was already running when its
+        # client timed out (at most one batch per worker, plus one prefetched).
+        assert processed <= statuses.count(200) + 2, (processed, statuses.count(200))
+        assert processed < 40
+
+
+def test_four_times_more_clients_than_capacity_all_get_answers():
+    """Two workers, 16 clients looping for 3 s: every request gets 200 or 503, none hangs."""
+    with ServerProcess("--workers", "1", "--queue-size", "4", "--max-batch", "1") as srv:
+        results, stop_at = [], time.monotonic() + 3
+        lock = threading.Lock()
+
+        def client(n):
+            i = 0
+            while time.monotonic() < stop_at:
+                started = time.monotonic()
+                status, _, _ = post_camera(srv, f"c{n}-{i}")
+                with lock:
+                    results.append((status, time.monotonic() - started))
+                i += 1
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(client, range(16)))
+        statuses = [s for s, _ in results]
+        assert set(statuses) <= {200, 503}, set(statuses)
+        assert statuses.count(200) > 0 and statuses.count(503) > 0
+        assert max(seconds for _, seconds in results) < HANG_LIMIT_S
+
+
+# -- dead and stuck workers ------------------------------------------------------------------
+
+def test_a_killed_worker_fails_only_its_requests_and_is_replaced():
+    with ServerProcess("--workers", "2", "--max-batch", "1") as srv:
+        victim, survivor = srv.worker_pids()
+        with ThreadPoolExecutor(max_workers=1) as background:
+            load = background.submit(post_many, srv, 48, 8)
+            time.sleep(0.5)
+            os.kill(victim, signal.SIGKILL)
+            answers = load.result(timeout=60)
+        statuses = [a[0] for a in answers]
+        assert set(statuses) <= {200, 503}, statuses
+        assert 1 <= statuses.count(503) <= 4  # only what the victim held (2 x max_batch)
+        for status, payload, seconds, _ in answers:
+            assert seconds < HANG_LIMIT_S
+            if status == 503:
+                assert "died" in payload["error"]
+        srv.wait_for_line(r"worker \d+ \(pid %d\) died" % victim)
+        deadline = time.monotonic() + 30
+        while srv.request("/readyz")[0] != 200:
+            assert time.monotonic() < deadline, "the replacement never became ready"
+            time.sleep(0.1)
+        pids = srv.worker_pids()
+        assert survivor in pids and victim not in pids and len(pids) == 2
+        assert metric_value(srv, "detserve_worker_restarts_total") == 1
+        status, _, payload = post_camera(srv)
+        assert status == 200
+        assert_same_detections(payload["detections"], reference_detections(CAMERA))
+
+
+def test_readiness_reports_the_gap_while_a_worker_is_replaced():
+    with ServerProcess("--workers", "2") as srv:
+        os.kill(srv.worker_pids()[0], signal.SIGKILL)
+        srv.wait_for_line(r"died")
+        status, _, payload = srv.request("/readyz")
+        assert status == 503 and "1 of 2" in payload["reason"]
+        assert post_camera(srv)[0] == 200  # the other worker still serves
+        deadline = time.monotonic() + 30
+        while srv.request("/readyz")[0] != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+
+def test_a_stuck_worker_is_killed_its_request_gets_504_and_it_is_replaced():
+    with ServerProcess("--workers", "1", "--request-timeout-s", "2") as srv:
+        (worker,) = srv.worker_pids()
+        os.kill(worker, signal.SIGSTOP)  # a real hang: the process exists but does nothing
+        started = time.monotonic()
+        status, _, payload = post_camera(srv)
+        assert status == 504, payload
+        assert time.monotonic() - started < HANG_LIMIT_S
+        srv.wait_for_line(r"made no progress")
+        deadline = time.monotonic() + 30
+        while srv.request("/readyz")[0] != 200:
+            assert time.monotonic() < deadline, "no replacement for the stuck worker"
+            time.sleep(0.1)
+        assert worker not in srv.worker_pids()
+        assert post_camera(srv)[0] == 200
+        assert metric_value(srv, 'detserve_rejected_requests_total{reason="deadline"}') >= 1
+
+
+def _limit_address_space():
+    # The front end does not import OpenCV and fits; a worker loading the model does not.
+    limit = 500 * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def test_a_worker_that_cannot_load_the_model_stops_the_server_with_the_reason():
+    proc = subprocess.run(
+        [sys.executable, "-m", "detserve", "--host", "127.0.0.1", "--port", "0", "--workers", "1"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, preexec_fn=_limit_address_space)
+    assert proc.returncode == 3, proc.stderr
+    assert "could not start" in proc.stderr
+    assert proc.stderr.count("could not start") <= 2  # reported, not respawned in a loop
+
+
+def test_missing_weights_fail_at_once_with_how_to_fetch_them(tmp_path):
+    for name in ("yolov3-tiny.cfg", "coco.names"):
+        (tmp_path / name).write_bytes((REPO_ROOT / "yolo_tiny_configs" / name).read_bytes())
+    proc = subprocess.run(
+        [sys.executable, "-m", "detserve", "--port", "0", "--model-dir", str(tmp_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "yolov3-tiny.weights is missing" in proc.stderr and "make models" in proc.stderr
+
+
+# -- graceful shutdown -------------------------------------------------------------------------
+
+def test_sigterm_drains_accepted_requests_then_exits_zero():
+    srv = ServerProcess("--workers", "1", "--max-batch", "1", "--cv-threads", "1").start()
+    try:
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            accepted = [pool.submit(post_camera, srv, f"d{i}") for i in range(6)]
+            time.sleep(0.3)  # they are queued behind one single-threaded worker
+            srv.proc.send_signal(signal.SIGTERM)
+            srv.wait_for_line(r"SIGTERM received")
+            ready_status, _, ready = srv.request("/readyz")
+            late_status, _, late = post_camera(srv, "late")
+            statuses = [f.result(timeout=HANG_LIMIT_S)[0] for f in accepted]
+        assert ready_status == 503 and "draining" in ready["reason"]
+        assert late_status == 503 and "shutting down" in late["error"]
+        assert statuses == [200] * 6
+        assert srv.proc.wait(timeout=HANG_LIMIT_S) == 0
+        srv.wait_for_line(r"drained")
+    finally:
+        srv.stop(signal.SIGKILL)
+
+
+def test_a_second_sigint_stops_at_once():
+    srv = ServerProcess("--workers", "1", "--max-batch", "1", "--cv-threads", "1",
+                        "--drain-timeout-s", "60").start()
+    try:
+        workers = srv.worker_pids()
+        with ThreadPoolExecutor(max_workers=30) as pool:
+            for i in range(30):
+                pool.submit(post_camera, srv, f"s{i}")
+            time.sleep(0.3)
+            srv.proc.send_signal(signal.SIGINT)
+            srv.wait_for_line(r"SIGINT received")
+            started = time.monotonic()
+            srv.proc.send_signal(signal.SIGINT)
+            code = srv.proc.wait(timeout=HANG_LIMIT_S)
+            assert time.monotonic() - started < 5
+        assert code == 130
+        time.sleep(0.2)
+        for pid in workers:
+            assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
+    finally:
+        srv.stop(signal.SIGKILL)
+
+
+# -- slow clients ------------------------------------------------------------------------------------
+
+def test_stalled_connections_time_out_and_cannot_starve_normal_clients():
+    with ServerProcess("--workers", "1", "--client-timeout-s", "2") as srv:
+        stalled = []
+        for i in range(200):
+            sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            # Half a request line, or headers promising a body that never comes.
+            sock.sendall(b"POST /api/ HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{" if i % 2 else b"POST /ap")
+            stalled.append(sock)
+        status, _, payload = post_camera(srv, timeout_s=10)
+        assert status == 200
+        time.sleep(3)  # past --client-timeout-s: the server has given up on every one
+        closed = 0
+        for sock in stalled:
+            sock.settimeout(5)
+            data = sock.recv(65536)
+            closed += 1 if (data == b"" or data.startswith(b"HTTP/1.1 400")) else 0
+            sock.close()
+        assert closed == len(stalled)
+
+
+# -- optional authentication -----------------------------------------------------------------------
+
+def test_api_key_is_required_on_api_only_and_never_logged(tmp_path):
+    key = "s3cr3t-key-value"
+    with ServerProcess("--workers", "1", env={"DETSERVE_API_KEY": key}) as srv:
+        assert post_camera(srv)[0] == 401
+        status, headers, payload = post_camera(srv, headers={"Authorization": "Bearer wrong"})
+        assert status == 401 and "API key" in payload["error"] and headers["WWW-Authenticate"].startswith("Bearer")
+        assert post_camera(srv, headers={"Authorization": f"Bearer {key}"})[0] == 200
+        assert srv.request("/healthz")[0] == 200
+        assert srv.request("/readyz")[0] == 200
+        srv.stop()
+        assert key not in "\n".join(srv.lines)
+    key_file = tmp_path / "key"
+    key_file.write_text("from-a-file\n")
+    with ServerProcess("--workers", "1", "--api-key-file", str(key_file)) as srv:
+        assert post_camera(srv, headers={"Authorization": "Bearer from-a-file"})[0] == 200
+        assert post_camera(srv)[0] == 401
+
