@@ -1,0 +1,159 @@
+"""Hostile input: hundreds of malformed requests, each answered with a 4xx JSON error,
+while the server stays up and keeps giving correct detections.
+
+A JPEG whose entropy-coded data is damaged is not among them: libjpeg repairs
+such data and decodes a (damaged) picture, so the service answers 200 for it,
+as any decoder-based service would. Truncation, broken headers and damaged
+PNGs (whose chunks carry CRCs) are all refused.
+"""
+
+import base64
+import http.client
+import json
+import random
+import socket
+import struct
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import INPUT_FOLDER, ServerProcess
+from reference import assert_same_detections, reference_detections
+from test_errors import png_claiming
+
+SEED = 20261127
+JPEG = (INPUT_FOLDER / "camera.jpg").read_bytes()
+PNG = cv2.imencode(".png", cv2.imdecode(np.frombuffer(JPEG, np.uint8), cv2.IMREAD_COLOR))[1].tobytes()
+
+
+def as_json(image_bytes, image_id="fuzz"):
+    return json.dumps({"id": image_id, "image": base64.b64encode(image_bytes).decode()}).encode()
+
+
+def jpeg_with_frame_size(width, height):
+    """The sample JPEG with its start-of-frame header rewritten to claim width x height."""
+    data = bytearray(JPEG)
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def header_segments(data):
+    """Byte offsets of the JPEG marker segments before the image data."""
+    offsets, pos = [], 2
+    while data[pos + 1] != 0xDA:
+        offsets.append(pos)
+        pos += 2 + struct.unpack(">H", data[pos + 2:pos + 4])[0]
+    return offsets
+
+
+def malformed_requests():
+    """(name, content type, body, declared Content-Length or None, chunked) for every case."""
+    rng = random.Random(SEED)
+    cases = []
+
+    def add(name, body, content_type="application/json", length=None, chunked=False):
+        cases.append((name, content_type, body, length, chunked))
+
+    for i in range(20):
+        add(f"random-bytes-raw-{i}", rng.randbytes(rng.randrange(1, 5000)), "image/jpeg")
+        add(f"random-bytes-b64-{i}", as_json(rng.randbytes(rng.randrange(1, 5000))))
+    for i in range(25):
+        cut = rng.randrange(1, len(JPEG) - 2)
+        add(f"truncated-jpeg-raw-{i}", JPEG[:cut], "image/jpeg")
+        add(f"truncated-jpeg-b64-{i}", as_json(JPEG[:rng.randrange(1, len(JPEG) - 2)]))
+    for i in range(15):
+        add(f"truncated-png-{i}", PNG[:rng.randrange(1, len(PNG) - 1)], "image/png")
+    for i in range(15):
+        damaged = bytearray(PNG)
+        damaged[rng.randrange(8, len(PNG))] ^= 1 << rng.randrange(8)
+        add(f"bit-flipped-png-{i}", as_json(bytes(damaged)))
+    segments = header_segments(JPEG)
+    for i, offset in enumerate(segments):
+        broken = bytearray(JPEG)
+        broken[offset] = 0x00  # the marker's 0xFF
+        add(f"jpeg-broken-marker-{i}", bytes(broken), "image/jpeg")
+        broken = bytearray(JPEG)
+        broken[offset + 2:offset + 4] = b"\x00\x01"  # a segment length below its own size
+        add(f"jpeg-broken-length-{i}", bytes(broken), "image/jpeg")
+    add("jpeg-zero-width", as_json(jpeg_with_frame_size(0, 100)))
+    add("jpeg-zero-height", as_json(jpeg_with_frame_size(100, 0)))
+    for i, (w, h) in enumerate([(65535, 65535), (40000, 2000), (10000, 10000)]):
+        add(f"jpeg-huge-dimensions-{i}", jpeg_with_frame_size(w, h), "image/jpeg")
+    for i, (w, h) in enumerate([(100000, 100000), (2**31 - 1, 2), (70000, 70000), (1 << 20, 1 << 10)]):
+        add(f"png-huge-dimensions-{i}", as_json(png_claiming(w, h)))
+    for depth in (1000, 10000, 100000, 500000):
+        add(f"nested-arrays-{depth}", b"[" * depth + b"]" * depth)
+        add(f"nested-objects-{depth}", b'{"a":' * depth + b"1" + b"}" * depth)
+    add("enormous-base64-of-zeros", json.dumps({"id": "big", "image": "A" * 5_000_000}).encode())
+    add("enormous-array", b"[" + b"1," * 2_000_000 + b"1]")
+    add("enormous-id", json.dumps({"id": "x" * 100_000, "image": "AAAA"}).encode())
+    for i, value in enumerate([None, 1, 1.5, True, [], {}, ["a"], {"a": 1}]):
+        add(f"id-of-wrong-type-{i}", json.dumps({"id": value, "image": base64.b64encode(JPEG).decode()}).encode())
+        add(f"image-of-wrong-type-{i}", json.dumps({"id": "t", "image": value}).encode())
+    for i, text in enumerate([b"", b"null", b"0", b'"just a string"', b"true", b'"{\\"id\\": 1}"', b"{}", b"[]"]):
+        add(f"json-not-an-object-{i}", text)
+    for i in range(12):
+        add(f"invalid-utf8-{i}", b'{"id": "' + bytes([rng.randrange(0x80, 0x100)]) * 3 + b'", "image": "AA"}')
+    for i in range(20):
+        garbage = bytes(rng.choice(b'{}[]":,abc\\ 0123456789') for _ in range(rng.randrange(1, 300)))
+        add(f"json-garbage-{i}", garbage)
+    add("data-url-not-base64", json.dumps({"id": "d", "image": "data:image/jpeg,abcd"}).encode())
+    add("base64-with-bad-characters", json.dumps({"id": "d", "image": "ab$%^&*()cd"}).encode())
+    add("base64-non-ascii", json.dumps({"id": "d", "image": "ÄÖÜ"}).encode())
+    for i in range(5):
+        body = as_json(JPEG)
+        add(f"content-length-too-short-{i}", body, length=rng.randrange(1, len(body) - 1))
+    for i in range(3):
+        add(f"content-length-too-long-{i}", b'{"id": "x"}', length=5000)
+        add(f"chunked-{i}", as_json(JPEG[:100]), chunked=True)
+    add("wrong-content-type", as_json(JPEG), "text/plain")
+    add("multipart", b"--x\r\n\r\n--x--", "multipart/form-data; boundary=x")
+    return cases
+
+
+def send_raw(port, content_type, body, declared_length, chunked):
+    """Send one request on a fresh connection; return (status, content type, body bytes)."""
+    head = [b"POST /api/ HTTP/1.1", b"Host: 127.0.0.1", b"Content-Type: " + content_type.encode()]
+    if chunked:
+        head.append(b"Transfer-Encoding: chunked")
+        payload = b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+    else:
+        head.append(b"Content-Length: %d" % (len(body) if declared_length is None else declared_length))
+        payload = body
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"\r\n".join(head) + b"\r\n\r\n")
+        try:
+            sock.sendall(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may answer and close before reading a body it refused
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, response.getheader("Content-Type"), response.read()
+
+
+@pytest.fixture(scope="module")
+def fuzz_server():
+    with ServerProcess("--workers", "2", "--client-timeout-s", "1") as srv:
+        yield srv
+
+
+def test_hundreds_of_malformed_requests_each_get_a_4xx_json_error(fuzz_server):
+    cases = malformed_requests()
+    assert len(cases) >= 200
+    failures = []
+    for name, content_type, body, length, chunked in cases:
+        status, response_type, response = send_raw(fuzz_server.port, content_type, body, length, chunked)
+        payload = json.loads(response) if response_type == "application/json" else None
+        if not (400 <= status < 500 and payload and payload.get("error")):
+            failures.append((name, status, response[:200]))
+    assert not failures, failures
+    # The server is still up, and a valid request right after gets its correct detections.
+    status, _, payload = fuzz_server.request("/api/", as_json(JPEG, "valid-after-fuzz"),
+                                             headers={"Content-Type": "application/json"})
+    assert status == 200 and payload["id"] == "valid-after-fuzz"
+    assert_same_detections(payload["detections"], reference_detections(JPEG))
+    assert fuzz_server.proc.poll() is None
+    assert len(fuzz_server.worker_pids()) == 2
+    assert "worker" not in " ".join(line for line in fuzz_server.lines if "died" in line)
