@@ -19,10 +19,10 @@ class Config:
     host: str = "0.0.0.0"
     port: int = 5050
     workers: int = 2
-    # Measured on a 2-core CPU (DESIGN.md, `python -m detserve.calibrate`): larger
-    # batches cost slightly more per image, so take only what is already queued
-    # and never wait for more.
-    max_batch: int = 4
+    # Measured on a 2-core CPU with `python -m detserve.calibrate`: per image,
+    # batch 2 costs 4% more than batch 1 and batch 4 costs 14% more, so one image
+    # per forward pass and never wait. Other CPUs may differ: calibrate there.
+    max_batch: int = 1
     max_wait_ms: float = 0.0
     queue_size: int = 64
     request_timeout_s: float = 30.0

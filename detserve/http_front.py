@@ -60,6 +60,7 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
 
     def handle_one_request(self):
         self._started_s = None  # set when a request line arrives, not while a keep-alive idles
+        self._body_read = False
         self._request_id = None
         self._route = "other"
         self._log = {"image_id": None, "batch_size": None, "error": None}
@@ -174,6 +175,7 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
             return self._send_error(400, f"?id= is longer than {MAX_IMAGE_ID_CHARS} characters",
                                     reason="bad_input", close=True)
         body = self._read_body(length)
+        self._body_read = True
         if body is None:
             return self._send_error(400, f"the body ended before its Content-Length of {length:,} bytes "
                                          f"(or took longer than {config.client_timeout_s:g} s to arrive)",
@@ -250,11 +252,18 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
             self.server.service.metrics.rejections.inc(reason)
         self._send(status, error_body(message, image_id), "application/json", headers=headers, close=close)
 
+    def _unread_body(self):
+        headers = getattr(self, "headers", None)
+        if self._body_read or headers is None:
+            return False
+        return headers.get("Content-Length", "0").strip() not in ("", "0") or "Transfer-Encoding" in headers
+
     def _send_json(self, status, payload):
         self._send(status, json.dumps(payload).encode(), "application/json")
 
     def _send(self, status, body, content_type, headers=None, close=False):
-        close = close or self.server.service.draining
+        # A body we did not read would be parsed as the next request: close instead.
+        close = close or self.server.service.draining or self._unread_body()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

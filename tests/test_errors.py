@@ -128,3 +128,14 @@ def test_the_server_keeps_serving_after_every_error(server):
     for _, body, _, _ in JSON_CASES:
         server.request("/api/", body, headers={"Content-Type": "application/json"})
     assert_still_serving(server)
+
+
+def test_a_refused_body_is_never_read_as_the_next_request(server):
+    """A 404/405 for a POST with a body closes the connection instead of leaving the body unread."""
+    body = b'{"id": "x", "image": "' + b"A" * 70000 + b'"}'
+    for path in (b"/nope/", b"/healthz"):
+        status, head, payload = raw_exchange(
+            server.port, b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        assert status in (404, 405)
+        assert "Connection: close" in head
