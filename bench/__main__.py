@@ -8,6 +8,7 @@ errors, 2 for a usage error, 130 when stopped by Ctrl-C.
 import argparse
 import datetime
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from bench.plot import PlotUnavailable, plot_rows
 from bench.progress import ProgressLine
 from bench.sweep import ROW_FIELDS, parse_thread_counts, run_sweep
 
-EXIT_OK, EXIT_REQUEST_ERRORS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_REQUEST_ERRORS, EXIT_INTERRUPTED = 0, 1, 130  # usage errors exit 2, from argparse
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a process ended by SIGPIPE
 SWEEP_DEFAULT_DURATION_S = 10.0
 RESULTS_DIR = "bench/results"
 
@@ -35,9 +37,15 @@ exit status: 0 all requests succeeded, 1 some failed, 2 usage error, 130 Ctrl-C
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     commands = {"sweep": sweep_main, "plot": plot_main}
-    if argv and argv[0] in commands:
-        return commands[argv[0]](argv[1:])
-    return run_main(argv)
+    try:
+        if argv and argv[0] in commands:
+            return commands[argv[0]](argv[1:])
+        return run_main(argv)
+    except BrokenPipeError:
+        # stdout was closed early (piped into head): stop quietly, and keep Python's
+        # exit-time flush from raising the same error again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 # -- shared options ----------------------------------------------------------
@@ -105,14 +113,11 @@ def run_main(argv):
     args = parser.parse_args(argv)
     _check_url(parser, args.url)
     images = _load_images(parser, args.folder)
+    if args.csv and not Path(args.csv).resolve().parent.is_dir():
+        parser.error(f"--csv {args.csv}: the folder to write it in does not exist")
 
-    on_record = None
-    if args.verbose:
-        # With --json, stdout carries the JSON and nothing else.
-        out = sys.stderr if args.json else sys.stdout
-        image_width = max(len(image.name) for image in images)
-        def on_record(record):
-            print(report.format_record(record, image_width), file=out, flush=True)
+    # With --json, stdout carries the JSON and nothing else.
+    on_record = _per_image_printer(images, sys.stderr if args.json else sys.stdout) if args.verbose else None
     progress = ProgressLine(enabled=False if (args.quiet or args.verbose) else None)
     try:
         summary = run_load(images, args.url, args.threads, repeat=args.repeat or 1, duration_s=args.duration,
@@ -130,6 +135,14 @@ def run_main(argv):
     if summary.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_REQUEST_ERRORS if summary.errors else EXIT_OK
+
+
+def _per_image_printer(images, stream):
+    image_width = max(len(image.name) for image in images)
+
+    def print_record(record):
+        print(report.format_record(record, image_width), file=stream, flush=True)
+    return print_record
 
 
 # -- sweep -------------------------------------------------------------------
@@ -166,39 +179,27 @@ def sweep_main(argv):
     except report.ResultsFileError as exc:
         parser.error(str(exc))
 
-    progress = None
-    def progress_for(threads):
-        nonlocal progress
-        progress = ProgressLine(label=f"threads {threads}: ", enabled=False if args.quiet else None)
-        return progress
-
+    progress = ProgressLine(enabled=False if args.quiet else None)
     new_rows, interrupted = [], False
     # A "repeat" budget replaces the default duration.
     duration_s = None if args.repeat else args.duration
     try:
         for row, summary in run_sweep(images, args.url, thread_counts, duration_s=duration_s,
                                       repeat=args.repeat or 1, warmup=args.warmup, timeout_s=args.timeout,
-                                      replicas=args.replicas, progress_for=progress_for):
+                                      replicas=args.replicas, progress=progress):
             progress.close()
             new_rows.append(row)
             interrupted = summary.interrupted
             # Written after every point, so a sweep stopped early keeps what it measured.
             report.write_rows(out, rows + new_rows, ROW_FIELDS)
             if not args.quiet:
-                print(_point_note(summary), file=sys.stderr, flush=True)
+                print(report.format_point(summary), file=sys.stderr, flush=True)
     finally:
-        if progress is not None:
-            progress.close()
+        progress.close()
     print(report.format_table(new_rows))
     print(f"{'appended' if args.append else 'wrote'} {len(new_rows)} row{'s' if len(new_rows) != 1 else ''} "
           f"to {out}", file=sys.stderr)
     return EXIT_INTERRUPTED if interrupted else EXIT_OK
-
-
-def _point_note(s):
-    p95 = f"p95 {s.latency_p95_ms:.1f} ms" if s.latency_p95_ms is not None else "no successes"
-    return (f"threads {s.threads}: {s.requests} requests, {s.throughput_img_per_s:.1f} img/s, {p95}, "
-            f"{s.errors} error{'s' if s.errors != 1 else ''}" + (" (interrupted)" if s.interrupted else ""))
 
 
 # -- plot --------------------------------------------------------------------

@@ -14,6 +14,7 @@ the server it measures.
 
 import http.client
 import select
+import socket
 import threading
 import time
 import urllib.parse
@@ -58,6 +59,7 @@ class RequestRecord:
 @dataclass(frozen=True)
 class Progress:
     """A snapshot handed to the progress callback a few times a second."""
+    threads: int
     warming_up: bool
     done: int
     errors: int
@@ -135,6 +137,11 @@ def _remaining_s(deadline):
 
 
 def _readable_while_idle(sock):
+    # poll, where there is one, because select() cannot watch descriptors past 1023.
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
     readable, _, _ = select.select([sock], [], [], 0)
     return bool(readable)
 
@@ -177,6 +184,8 @@ class _Run:
         self.timeout_s = timeout_s
         self.on_record = on_record
         self.warmup = warmup
+        self.count = count
+        self.duration_s = duration_s
         self.warmup_budget = _Budget(images, count=warmup)
         self.budget = _Budget(images, count=count, duration_s=duration_s)
         self.barrier = threading.Barrier(threads, action=self._start_clock)
@@ -224,7 +233,7 @@ class _Run:
         start = time.perf_counter()
         try:
             status, headers, reply = connection.post(self.target.path, body)
-        except TimeoutError:
+        except (TimeoutError, socket.timeout):  # distinct classes before Python 3.10
             verdict = Verdict(TIMEOUT, f"no complete reply within {self.timeout_s:g} s")
         except (OSError, http.client.HTTPException) as exc:
             verdict = Verdict(CONNECTION, f"{type(exc).__name__}: {exc}".rstrip(": "))
@@ -246,12 +255,12 @@ class _Run:
             if self.on_record is not None:
                 self.on_record(record)
 
-    def progress(self, total, duration_s):
+    def progress(self):
         if self.t0 is None:
-            return Progress(warming_up=True, done=self.warmup_requests, errors=self.warmup_errors,
-                            total=self.warmup, elapsed_s=0.0, duration_s=None)
-        return Progress(warming_up=False, done=len(self.records), errors=self.errors, total=total,
-                        elapsed_s=time.perf_counter() - self.t0, duration_s=duration_s)
+            return Progress(threads=self.threads, warming_up=True, done=self.warmup_requests,
+                            errors=self.warmup_errors, total=self.warmup, elapsed_s=0.0, duration_s=None)
+        return Progress(threads=self.threads, warming_up=False, done=len(self.records), errors=self.errors,
+                        total=self.count, elapsed_s=time.perf_counter() - self.t0, duration_s=self.duration_s)
 
 
 def run_load(images, url, threads, *, repeat=1, duration_s=None, warmup=0, timeout_s=DEFAULT_TIMEOUT_S,
@@ -287,7 +296,7 @@ def run_load(images, url, threads, *, repeat=1, duration_s=None, warmup=0, timeo
             for w in workers:
                 w.join(PROGRESS_INTERVAL_S / threads)
             if progress is not None:
-                progress(run.progress(count, duration_s))
+                progress(run.progress())
         except KeyboardInterrupt:
             if interrupted:
                 raise  # a second Ctrl-C: stop waiting for requests in flight
@@ -296,7 +305,7 @@ def run_load(images, url, threads, *, repeat=1, duration_s=None, warmup=0, timeo
     if run.failure is not None:
         raise run.failure
     if progress is not None:
-        progress(run.progress(count, duration_s))
+        progress(run.progress())
     wall_s = (run.last_end - run.t0) if run.records else 0.0
     return summarize(run.records, wall_s, url=url, threads=threads, images=len(images),
                      warmup_requests=run.warmup_requests, warmup_errors=run.warmup_errors,

@@ -18,10 +18,12 @@ def plot_rows(rows, out_path, title=None):
         raise PlotUnavailable(f"matplotlib is not installed; install it with: {INSTALL_HINT}") from None
     matplotlib.use("Agg")  # a file is wanted, never a window
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import NullLocator
 
+    lines = _lines_by_replicas(rows)
+    thread_counts = sorted({p[0] for points in lines.values() for p in points})
     fig, (throughput_ax, latency_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for replicas, points in _lines_by_replicas(rows).items():
+    for replicas, points in lines.items():
         label = f"{replicas} replica{'s' if replicas != '1' else ''}" if replicas else "this run"
         threads = [p[0] for p in points]
         throughput_ax.plot(threads, [p[1] for p in points], marker="o", label=label)
@@ -29,8 +31,9 @@ def plot_rows(rows, out_path, title=None):
     throughput_ax.set(xlabel="client threads", ylabel="images/s", title="throughput")
     latency_ax.set(xlabel="client threads", ylabel="ms", title="p95 latency (successful requests)")
     for ax in (throughput_ax, latency_ax):
-        ax.set_xscale("log", base=2)
-        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.set_xscale("log", base=2)  # thread counts double from point to point
+        ax.set_xticks(thread_counts, [str(t) for t in thread_counts])
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         ax.legend()

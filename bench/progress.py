@@ -10,16 +10,15 @@ import sys
 class ProgressLine:
     """A callable for run_load's `progress`; call close() when the run returns."""
 
-    def __init__(self, stream=None, label="", enabled=None):
+    def __init__(self, stream=None, enabled=None):
         self._stream = stream if stream is not None else sys.stderr
-        self._label = label
         self._enabled = self._stream.isatty() if enabled is None else enabled
         self._width = 0
 
     def __call__(self, progress):
         if not self._enabled:
             return
-        self._write(self._label + _describe(progress))
+        self._write(_describe(progress))
 
     def close(self):
         if self._enabled and self._width:
@@ -36,10 +35,11 @@ class ProgressLine:
 
 
 def _describe(p):
+    threads = f"{p.threads} thread" + ("" if p.threads == 1 else "s")
     if p.warming_up:
-        return f"warming up {p.done}/{p.total}"
+        return f"{threads}: warming up {p.done}/{p.total}"
     done = f"{p.done}/{p.total} done" if p.total is not None else f"{p.done} done"
-    clock = f"{p.elapsed_s:.0f}/{p.duration_s:g} s" if p.duration_s is not None else f"{p.elapsed_s:.1f} s"
+    clock = f"{p.elapsed_s:.1f}/{p.duration_s:g} s" if p.duration_s is not None else f"{p.elapsed_s:.1f} s"
     rate = p.done / p.elapsed_s if p.elapsed_s > 0 else 0.0
     errors = f"{p.errors} error" + ("" if p.errors == 1 else "s")
-    return f"{done}  {rate:.1f} req/s  {errors}  {clock}"
+    return f"{threads}: {done}  {rate:.1f} req/s  {errors}  {clock}"

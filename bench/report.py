@@ -6,6 +6,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from bench.check import CONNECTION, TIMEOUT, http_error_kind
+
 RECORD_FIELDS = ("id", "image", "thread", "start_s", "status", "latency_ms", "detections", "error", "detail")
 
 # (row key, table heading, format for a number)
@@ -35,36 +37,51 @@ class ResultsFileError(Exception):
 
 def format_summary(summary):
     s = summary
-    lines = [f"detserve bench: {s.url}  {s.threads} thread{'s' if s.threads != 1 else ''}, "
-             f"{s.images} image{'s' if s.images != 1 else ''} in the folder"]
-    if s.interrupted:
-        lines.append(f"  interrupted: the figures cover the {s.requests} requests that finished")
-    warmup = f"  (+{s.warmup_requests} warm-up, not counted" + (
-        f", {s.warmup_errors} failed)" if s.warmup_errors else ")") if s.warmup_requests else ""
-    lines += [
-        f"  requests         {s.requests}{warmup}",
-        f"  successes        {s.successes}",
-        f"  errors           {s.errors}" + (f"  ({_kinds(s.errors_by_kind)})" if s.errors else ""),
-        f"  wall time        {s.wall_s:.3f} s",
-        f"  throughput       {s.throughput_img_per_s:.2f} images/s (successes / wall time)",
+    title = (f"detserve bench: {s.url}  {_plural(s.threads, 'thread')}, "
+             f"{_plural(s.images, 'image')} in the folder")
+    warmup = ""
+    if s.warmup_requests:
+        failed = f", {s.warmup_errors} failed" if s.warmup_errors else ""
+        warmup = f"  (+{s.warmup_requests} warm-up, not counted{failed})"
+    figures = [
+        ("requests", f"{s.requests}{warmup}"),
+        ("successes", f"{s.successes}"),
+        ("errors", f"{s.errors}" + (f"  ({_kinds(s.errors_by_kind)})" if s.errors else "")),
+        ("wall time", f"{s.wall_s:.3f} s"),
+        ("throughput", f"{s.throughput_img_per_s:.2f} images/s  (successes / wall time)"),
     ]
     if s.successes:
-        lines += [
-            f"  latency ms       mean {s.latency_mean_ms:.1f}  p50 {s.latency_p50_ms:.1f}  "
-            f"p90 {s.latency_p90_ms:.1f}  p95 {s.latency_p95_ms:.1f}  p99 {s.latency_p99_ms:.1f}  "
-            f"max {s.latency_max_ms:.1f}",
-            f"                   ({s.percentile_method} percentiles of the {s.successes} {s.latency_of})",
+        figures += [
+            ("latency ms", f"mean {s.latency_mean_ms:.1f}  p50 {s.latency_p50_ms:.1f}  p90 {s.latency_p90_ms:.1f}  "
+                           f"p95 {s.latency_p95_ms:.1f}  p99 {s.latency_p99_ms:.1f}  max {s.latency_max_ms:.1f}"),
+            ("", f"({s.percentile_method} percentiles of the {s.successes} {s.latency_of})"),
         ]
     else:
-        lines.append("  latency ms       - (no successful request)")
+        figures.append(("latency ms", "- (no successful request)"))
     if s.avg_response_time_s is not None:
-        lines.append(f"  average response time  {s.avg_response_time_s:.4f} s "
-                     "(the original client's figure: wall time / images)")
-    lines.append(f"  connections      {s.connections_opened} opened")
+        figures.append(("average response time",
+                        f"{s.avg_response_time_s:.4f} s  (the original client's figure: wall time / images)"))
+    figures.append(("connections", f"{s.connections_opened} opened"))
     hint = _hint(s)
     if hint:
-        lines.append(f"  hint: {hint}")
+        figures.append(("hint", hint))
+    lines = [title]
+    if s.interrupted:
+        lines.append(f"  interrupted: the figures cover the {s.requests} requests that finished")
+    width = max(len(label) for label, _ in figures) + 2
+    lines += [f"  {label:<{width}}{value}" for label, value in figures]
     return "\n".join(lines)
+
+
+def _plural(count, noun):
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def format_point(s):
+    """One line for a finished sweep point."""
+    p95 = f"p95 {s.latency_p95_ms:.1f} ms" if s.latency_p95_ms is not None else "no successes"
+    return (f"{_plural(s.threads, 'thread')}: {s.requests} requests, {s.throughput_img_per_s:.1f} img/s, {p95}, "
+            f"{_plural(s.errors, 'error')}" + (" (interrupted)" if s.interrupted else ""))
 
 
 def _hint(s):
@@ -72,11 +89,11 @@ def _hint(s):
     if s.successes or len(s.errors_by_kind) != 1:
         return None
     kind = next(iter(s.errors_by_kind))
-    if kind == "connection":
+    if kind == CONNECTION:
         return f"no request got through: is a server listening at {s.url}?"
-    if kind in ("http_404", "http_405"):
+    if kind in (http_error_kind(404), http_error_kind(405)):
         return f"is {s.url} the API address (it usually ends in /api/)?"
-    if kind == "timeout":
+    if kind == TIMEOUT:
         return "every request timed out: is the server overloaded, or is --timeout too short?"
     return None
 
@@ -92,7 +109,7 @@ def format_record(record, image_width=0):
     """
     head = f"{record.image:<{image_width}}  {record.id}  {record.latency_ms:7.1f} ms  "
     if not record.ok:
-        status = f" {record.status}" if record.status is not None and record.error != f"http_{record.status}" else ""
+        status = f" {record.status}" if record.status is not None and record.error != http_error_kind(record.status) else ""
         return head + f"ERROR {record.error}{status}: {record.detail}"
     if not record.labels:
         return head + "(nothing found)"

@@ -6,6 +6,7 @@ latency that some request really had.
 """
 
 import math
+from collections import Counter
 import statistics
 from dataclasses import dataclass, field, fields
 
@@ -56,10 +57,7 @@ def summarize(records, wall_s, *, url, threads, images, warmup_requests=0, warmu
               connections_opened=0, interrupted=False):
     """Build the Summary of a run from its counted records and its wall time."""
     latencies_ms = sorted(r.latency_ms for r in records if r.ok)
-    errors_by_kind = {}
-    for r in records:
-        if not r.ok:
-            errors_by_kind[r.error] = errors_by_kind.get(r.error, 0) + 1
+    errors_by_kind = Counter(r.error for r in records if not r.ok)
     spread = {f"latency_p{p}_ms": _ms(percentile(latencies_ms, p) if latencies_ms else None)
               for p in PERCENTILES}
     return Summary(

@@ -35,18 +35,19 @@ def sweep_row(summary, replicas=None, started_at=None):
 
 
 def run_sweep(images, url, thread_counts, *, duration_s=None, repeat=1, warmup=None,
-              timeout_s=DEFAULT_TIMEOUT_S, replicas=None, progress_for=None):
+              timeout_s=DEFAULT_TIMEOUT_S, replicas=None, progress=None):
     """Yield (row, summary) for each thread count in turn.
 
     warmup=None warms up with one request per thread, so every connection is
-    open and every server worker has seen an image before the clock starts.
-    progress_for(threads) may return a progress callable for that point.
+    open before the clock starts (a server with more workers than threads may
+    still have a worker whose first, slower image falls inside the run).
+    progress is run_load's progress callable, used for every point.
     """
     for threads in thread_counts:
         started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         summary = run_load(images, url, threads, repeat=repeat, duration_s=duration_s,
                            warmup=threads if warmup is None else warmup, timeout_s=timeout_s,
-                           progress=progress_for(threads) if progress_for else None)
+                           progress=progress)
         yield sweep_row(summary, replicas, started_at), summary
         if summary.interrupted:
             return
