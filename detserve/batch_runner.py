@@ -59,7 +59,8 @@ class BatchRunner:
             traceback.print_exc()
             message = f"inference failed: {type(exc).__name__}"
             return [Result(header.request_id, 500, error_body(message, image_id), image_id=image_id,
-                           error=message, queue_wait_s=wait_s, batch_size=len(images))
+                           error=message, reject_reason="inference_error", queue_wait_s=wait_s,
+                           batch_size=len(images))
                     for header, image_id, wait_s in accepted]
         finally:
             self.busy_flags[self.worker_index] = 0

@@ -6,7 +6,6 @@ class-agnostic NMS), but vectorised with numpy: the 2,535 candidate rows of
 an image are filtered in one step instead of a Python loop.
 """
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +33,6 @@ class Detector:
 
     def __init__(self, model_dir, confidence_threshold=0.3, nms_threshold=0.1):
         model_dir = Path(model_dir)
-        started = time.perf_counter()
         self.net = cv2.dnn.readNetFromDarknet(
             str(model_dir / model_files.CONFIG.name), str(model_dir / model_files.WEIGHTS.name))
         self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
@@ -43,7 +41,6 @@ class Detector:
         self.labels = (model_dir / model_files.NAMES.name).read_text().strip().splitlines()
         self.confidence_threshold = confidence_threshold
         self.nms_threshold = nms_threshold
-        self.load_time_s = time.perf_counter() - started
 
     def warm_up(self):
         """Run one forward pass so the first request does not pay for buffer allocation."""

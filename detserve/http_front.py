@@ -61,6 +61,7 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
     def handle_one_request(self):
         self._started_s = None  # set when a request line arrives, not while a keep-alive idles
         self._body_read = False
+        self._stage_timing_ms = {}  # queue and inference, once a worker has answered
         self._request_id = None
         self._route = "other"
         self._log = {"image_id": None, "batch_size": None, "error": None}
@@ -194,12 +195,10 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
                 return self._send_error(504, f"no answer within the {config.request_timeout_s:g} s deadline",
                                         reason="deadline", image_id=query_image_id)
         self._log.update(image_id=result.image_id, batch_size=result.batch_size or None, error=result.error)
-        total_ms = (time.perf_counter() - self._started_s) * 1000
-        timing = (f"queue;dur={result.queue_wait_s * 1000:.1f}, inference;dur={result.inference_s * 1000:.1f}, "
-                  f"total;dur={total_ms:.1f}")
+        self._stage_timing_ms.update(queue=result.queue_wait_s * 1000, inference=result.inference_s * 1000)
         if result.reject_reason:
             service.metrics.rejections.inc(result.reject_reason)
-        self._send(result.status, result.body, "application/json", headers={"Server-Timing": timing})
+        self._send(result.status, result.body, "application/json")
 
     def _authorized(self, api_key):
         scheme, _, provided = self.headers.get("Authorization", "").partition(" ")
@@ -242,15 +241,24 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
     # -- answering --------------------------------------------------------------------------------
     def send_error(self, code, message=None, explain=None):
         """http.server calls this for malformed requests; answer JSON, never HTML."""
-        self._request_id = self._request_id or uuid.uuid4().hex
+        if not self._request_id:
+            self._request_id = self._pick_request_id() if getattr(self, "headers", None) else uuid.uuid4().hex
         self._started_s = self._started_s or time.perf_counter()
         self._send_error(code, message or HTTPStatus(code).phrase, reason="bad_input", close=True)
 
     def _send_error(self, status, message, reason=None, close=False, image_id=None, headers=None):
         self._log["error"] = message
+        if image_id is not None:
+            self._log["image_id"] = image_id
         if reason and self._route == "/api/":
             self.server.service.metrics.rejections.inc(reason)
         self._send(status, error_body(message, image_id), "application/json", headers=headers, close=close)
+
+    def _server_timing(self):
+        """Where this request's time went, in ms: queue and inference when a worker answered."""
+        stages = [f"{name};dur={ms:.1f}" for name, ms in self._stage_timing_ms.items()]
+        stages.append(f"total;dur={(time.perf_counter() - self._started_s) * 1000:.1f}")
+        return ", ".join(stages)
 
     def _unread_body(self):
         headers = getattr(self, "headers", None)
@@ -268,6 +276,7 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Request-ID", self._request_id)
+        self.send_header("Server-Timing", self._server_timing())
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         if close:

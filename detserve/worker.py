@@ -10,6 +10,7 @@ is reported as a boot failure.
 import os
 import signal
 import sys
+import time
 
 from .batching import collect_batch
 from .messages import WorkerBootFailed, WorkerReady
@@ -26,12 +27,15 @@ def worker_main(worker_index, task_conn, result_conn, busy_flags, config):
         from .batch_runner import BatchRunner
         from .detector import Detector
 
+        # The load time includes the first forward pass: OpenCV builds the network there.
+        load_started_s = time.perf_counter()
         detector = Detector(config.model_dir, config.confidence, config.nms)
         detector.warm_up()
+        load_time_s = time.perf_counter() - load_started_s
     except BaseException as exc:  # a model that cannot load is fatal for the server, not a respawn loop
         result_conn.send(WorkerBootFailed(worker_index, f"{type(exc).__name__}: {exc}"))
         sys.exit(BOOT_FAILURE_EXIT_CODE)
-    result_conn.send(WorkerReady(worker_index, os.getpid(), detector.load_time_s))
+    result_conn.send(WorkerReady(worker_index, os.getpid(), load_time_s))
     runner = BatchRunner(worker_index, detector, busy_flags, config)
     stop = False
     while not stop:

@@ -23,6 +23,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 INPUT_FOLDER = REPO_ROOT / "inputfolder"
 LISTENING_LINE = re.compile(r"listening on http://[^:]+:(\d+)")
+READY_LINE = r'detserve: ready|"message": "ready: '  # the text and the JSON log formats
 START_TIMEOUT_S = 90
 
 
@@ -57,7 +58,7 @@ class ServerProcess:
         match = self.wait_for_line(LISTENING_LINE.pattern, timeout_s=START_TIMEOUT_S)
         self.port = int(LISTENING_LINE.search(match).group(1))
         if self.wait_ready:
-            self.wait_for_line(r"detserve: ready", timeout_s=START_TIMEOUT_S)
+            self.wait_for_line(READY_LINE, timeout_s=START_TIMEOUT_S)
         return self
 
     def _read_output(self):

@@ -1,0 +1,559 @@
+"""/metrics: a strict Prometheus text-format (0.0.4) parser, and exact counts after real traffic.
+
+The parser is written here, from the format's rules, so a test fails when the
+exposition is wrong even where Prometheus itself would be lenient. Its own
+tests feed it broken texts first; then real servers (the real model, the
+images in inputfolder/) are driven with a known mix of requests and every
+counter is checked against what the client saw.
+"""
+
+import base64
+import collections
+import json
+import math
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pytest
+
+from conftest import ServerProcess, sample_images
+from detserve import metrics as exposition
+from detserve.model_files import DEFAULT_MODEL_DIR
+
+METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+# Go's ParseFloat, as the format requires, minus hex floats and Python's extras (underscores, "inf").
+FLOAT_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+SPECIAL_VALUES = {"NaN": math.nan, "+Inf": math.inf, "-Inf": -math.inf}
+TIMESTAMP = re.compile(r"-?\d+")
+TYPES = ("counter", "gauge", "histogram", "summary", "untyped")
+COCO_LABELS = [label.strip() for label in (DEFAULT_MODEL_DIR / "coco.names").read_text().splitlines() if label.strip()]
+IMAGES = [(path.name, path.read_bytes()) for path in sample_images()]
+WORKERS = 2
+
+
+# -- the parser -----------------------------------------------------------------------------------
+class ExpositionError(ValueError):
+    pass
+
+
+@dataclass
+class Family:
+    name: str
+    type: str = None
+    help: str = None
+    # (sample name, frozenset of (label, value)) -> value
+    samples: dict = field(default_factory=dict)
+
+
+@dataclass
+class Scrape:
+    families: dict
+
+    def family(self, name):
+        assert name in self.families, f"no metric family {name!r}"
+        return self.families[name]
+
+    def series(self, name, sample_name=None):
+        """{frozenset(labels): value} for the samples called sample_name (default: name)."""
+        wanted = sample_name or name
+        return {labels: v for (sname, labels), v in self.family(name).samples.items() if sname == wanted}
+
+    def value(self, name, **labels):
+        key = (name, frozenset(labels.items()))
+        samples = self.family(name).samples
+        assert key in samples, f"no sample {name}{labels}; have {sorted(dict(k[1]) for k in samples)}"
+        return samples[key]
+
+    def histogram(self, name, **labels):
+        """(buckets as [(le, cumulative count)], sum, count) of one histogram series."""
+        family = self.family(name)
+        assert family.type == "histogram"
+        fixed = frozenset(labels.items())
+        buckets = sorted((float(dict(ls)["le"]), v) for (sname, ls), v in family.samples.items()
+                         if sname == name + "_bucket" and ls - {("le", dict(ls)["le"])} == fixed)
+        assert buckets, f"no buckets for {name}{labels}"
+        return buckets, family.samples[(name + "_sum", fixed)], family.samples[(name + "_count", fixed)]
+
+
+def _unescape(text, allowed, where):
+    out, i = [], 0
+    while i < len(text):
+        char = text[i]
+        if char == "\\":
+            if i + 1 >= len(text) or text[i + 1] not in allowed:
+                raise ExpositionError(f"bad escape {text[i:i + 2]!r} in {where}")
+            out.append(allowed[text[i + 1]])
+            i += 2
+        else:
+            out.append(char)
+            i += 1
+    return "".join(out)
+
+
+def _parse_value(text, line):
+    if text in SPECIAL_VALUES:
+        return SPECIAL_VALUES[text]
+    if not FLOAT_TEXT.fullmatch(text):
+        raise ExpositionError(f"value {text!r} is not a float: {line!r}")
+    return float(text)
+
+
+def _parse_labels(text, pos, line):
+    """Parse '{a="x",b="y"}' starting at text[pos] == '{'; return (labels, position after '}')."""
+    labels = {}
+    pos += 1
+    while True:
+        if text[pos:pos + 1] == "}":
+            return labels, pos + 1
+        match = LABEL_NAME.match(text, pos)
+        if not match:
+            raise ExpositionError(f"bad label name at column {pos}: {line!r}")
+        name = match.group()
+        pos = match.end()
+        if text[pos:pos + 2] != '="':
+            raise ExpositionError(f"expected =\" after label {name!r}: {line!r}")
+        pos += 2
+        start = pos
+        while pos < len(text) and text[pos] != '"':
+            pos += 2 if text[pos] == "\\" else 1
+        if pos >= len(text):
+            raise ExpositionError(f"unterminated value of label {name!r}: {line!r}")
+        value = _unescape(text[start:pos], {"\\": "\\", '"': '"', "n": "\n"}, f"label {name!r}")
+        if name in labels:
+            raise ExpositionError(f"label {name!r} twice: {line!r}")
+        labels[name] = value
+        pos += 1
+        if text[pos:pos + 1] == ",":  # a trailing comma before '}' is allowed
+            pos += 1
+        elif text[pos:pos + 1] != "}":
+            raise ExpositionError(f"expected , or }} after label {name!r}: {line!r}")
+
+
+def _family_of(sample_name, families):
+    for suffix, kinds in (("_bucket", ("histogram",)), ("_sum", ("histogram", "summary")),
+                          ("_count", ("histogram", "summary"))):
+        base = sample_name[: -len(suffix)]
+        if sample_name.endswith(suffix) and base in families and families[base].type in kinds:
+            return families[base]
+    family = families.get(sample_name)
+    if family is not None and family.type != "histogram":
+        return family
+    return None
+
+
+def parse_exposition(text):
+    """Parse a whole scrape strictly; raise ExpositionError at the first broken rule."""
+    if not text.endswith("\n"):
+        raise ExpositionError("the exposition must end with a newline")
+    if "\r" in text:
+        raise ExpositionError("lines end with \\n, never \\r")
+    families = {}
+    current = None  # a family's lines form one group: no going back to an earlier one
+    closed = set()
+
+    def enter(family):
+        nonlocal current
+        if current is not family:
+            if family.name in closed:
+                raise ExpositionError(f"lines of {family.name} are not contiguous")
+            if current is not None:
+                closed.add(current.name)
+            current = family
+
+    for line in text[:-1].split("\n"):
+        if not line.strip():
+            continue
+        if line.startswith("#"):
+            parts = line.split(" ", 3)
+            if len(parts) < 3 or parts[0] != "#" or parts[1] not in ("HELP", "TYPE"):
+                continue  # a plain comment
+            keyword, name = parts[1], parts[2]
+            if not METRIC_NAME.fullmatch(name):
+                raise ExpositionError(f"bad metric name {name!r}: {line!r}")
+            family = families.setdefault(name, Family(name))
+            enter(family)
+            if family.samples:
+                raise ExpositionError(f"{keyword} for {name} after its samples")
+            rest = parts[3] if len(parts) == 4 else ""
+            if keyword == "HELP":
+                if family.help is not None:
+                    raise ExpositionError(f"second HELP for {name}")
+                family.help = _unescape(rest, {"\\": "\\", "n": "\n"}, f"HELP of {name}")
+            else:
+                if family.type is not None:
+                    raise ExpositionError(f"second TYPE for {name}")
+                if rest not in TYPES:
+                    raise ExpositionError(f"unknown type {rest!r} for {name}")
+                family.type = rest
+            continue
+        match = METRIC_NAME.match(line)
+        if not match:
+            raise ExpositionError(f"bad metric name: {line!r}")
+        sample_name, pos = match.group(), match.end()
+        labels = {}
+        if line[pos:pos + 1] == "{":
+            labels, pos = _parse_labels(line, pos, line)
+        fields = line[pos:].split()
+        if not line[pos:pos + 1].isspace() or len(fields) not in (1, 2):
+            raise ExpositionError(f"expected ' value [timestamp]' after the name: {line!r}")
+        value = _parse_value(fields[0], line)
+        if len(fields) == 2 and not TIMESTAMP.fullmatch(fields[1]):
+            raise ExpositionError(f"bad timestamp: {line!r}")
+        family = _family_of(sample_name, families)
+        if family is None or family.type is None:
+            raise ExpositionError(f"sample {sample_name} comes before the TYPE of its family: {line!r}")
+        enter(family)
+        key = (sample_name, frozenset(labels.items()))
+        if key in family.samples:
+            raise ExpositionError(f"duplicate series: {line!r}")
+        family.samples[key] = value
+    for family in families.values():
+        if family.type is None:
+            raise ExpositionError(f"{family.name} has HELP but no TYPE")
+        _check_family(family)
+    return Scrape(families)
+
+
+def _check_family(family):
+    if family.type == "counter":
+        if not family.name.endswith("_total"):
+            raise ExpositionError(f"counter {family.name} does not end in _total")
+        for (_, labels), value in family.samples.items():
+            if not value >= 0:  # also refuses NaN
+                raise ExpositionError(f"counter {family.name}{dict(labels)} is {value}")
+    if family.type != "histogram":
+        return
+    name = family.name
+    series = collections.defaultdict(dict)
+    for (sname, labels), value in family.samples.items():
+        label_map = dict(labels)
+        if sname == name + "_bucket":
+            if "le" not in label_map:
+                raise ExpositionError(f"{sname}{label_map} has no le label")
+            le = _parse_value(label_map.pop("le"), sname)
+            series[frozenset(label_map.items())].setdefault("buckets", []).append((le, value))
+        else:
+            if "le" in label_map:
+                raise ExpositionError(f"{sname} carries an le label")
+            series[labels][sname[len(name) + 1:]] = value
+    for labels, parts in series.items():
+        where = f"{name}{dict(labels)}"
+        buckets = parts.get("buckets")
+        if not buckets:
+            raise ExpositionError(f"{where} has no buckets")
+        bounds = [le for le, _ in buckets]
+        if bounds != sorted(bounds) or len(set(bounds)) != len(bounds):
+            raise ExpositionError(f"{where}: le values are not ascending: {bounds}")
+        if bounds[-1] != math.inf:
+            raise ExpositionError(f"{where}: the last bucket is not le=\"+Inf\"")
+        counts = [count for _, count in buckets]
+        if any(b < a for a, b in zip(counts, counts[1:])):
+            raise ExpositionError(f"{where}: buckets are not cumulative: {counts}")
+        if any(count != int(count) or count < 0 for count in counts):
+            raise ExpositionError(f"{where}: bucket counts are not whole numbers: {counts}")
+        if "count" not in parts or "sum" not in parts:
+            raise ExpositionError(f"{where} lacks _count or _sum")
+        if parts["count"] != counts[-1]:
+            raise ExpositionError(f"{where}: _count {parts['count']} != +Inf bucket {counts[-1]}")
+
+
+# -- the parser's own tests: it must refuse what the format forbids ---------------------------------
+VALID_TEXT = """\
+# A plain comment is allowed anywhere.
+# HELP demo_requests_total Requests, with a backslash \\\\ and a line break \\n in the help.
+# TYPE demo_requests_total counter
+demo_requests_total{path="/a \\"quoted\\"",note="back\\\\slash\\nnewline",} 3 1700000000000
+demo_requests_total{path="/b"} 0
+
+# TYPE demo_temperature gauge
+demo_temperature NaN
+demo_temperature{where="out"} -Inf
+# TYPE demo_latency_seconds histogram
+demo_latency_seconds_bucket{le="0.5"} 1
+demo_latency_seconds_bucket{le="1.0"} 2
+demo_latency_seconds_bucket{le="+Inf"} 2
+demo_latency_seconds_sum 1.25e0
+demo_latency_seconds_count 2
+"""
+
+
+def test_parser_reads_a_valid_exposition():
+    scrape = parse_exposition(VALID_TEXT)
+    assert scrape.family("demo_requests_total").help == \
+        "Requests, with a backslash \\ and a line break \n in the help."
+    assert scrape.value("demo_requests_total", path='/a "quoted"', note="back\\slash\nnewline") == 3
+    assert math.isnan(scrape.value("demo_temperature"))
+    assert scrape.value("demo_temperature", where="out") == -math.inf
+    assert scrape.histogram("demo_latency_seconds") == ([(0.5, 1), (1.0, 2), (math.inf, 2)], 1.25, 2)
+
+
+BROKEN_TEXTS = {
+    "sample before its TYPE": "x_total 1\n# TYPE x_total counter\n",
+    "sample without any TYPE": "# HELP x_total Things.\nx_total 1\n",
+    "two TYPE lines": "# TYPE x_total counter\n# TYPE x_total counter\nx_total 1\n",
+    "two HELP lines": "# HELP g One.\n# HELP g Two.\n# TYPE g gauge\ng 1\n",
+    "HELP after samples": "# TYPE g gauge\ng 1\n# HELP g Late.\n",
+    "unknown type": "# TYPE g gauges\ng 1\n",
+    "metric name starting with a digit": "# TYPE 1g gauge\n1g 1\n",
+    "label name with a dash": '# TYPE g gauge\ng{la-bel="x"} 1\n',
+    "label name starting with a digit": '# TYPE g gauge\ng{1a="x"} 1\n',
+    "unescaped quote in a label value": '# TYPE g gauge\ng{a="say "hi""} 1\n',
+    "unknown escape in a label value": '# TYPE g gauge\ng{a="tab\\there"} 1\n',
+    "unterminated label value": '# TYPE g gauge\ng{a="x} 1\n',
+    "same label twice": '# TYPE g gauge\ng{a="x",a="y"} 1\n',
+    "duplicate series": '# TYPE g gauge\ng{a="x",b="y"} 1\ng{b="y",a="x"} 2\n',
+    "lower-case nan": "# TYPE g gauge\ng nan\n",
+    "Python-only float": "# TYPE g gauge\ng 1_000\n",
+    "not a number": "# TYPE g gauge\ng many\n",
+    "bad timestamp": "# TYPE g gauge\ng 1 soon\n",
+    "missing value": "# TYPE g gauge\ng\n",
+    "no final newline": "# TYPE g gauge\ng 1",
+    "carriage return": "# TYPE g gauge\r\ng 1\r\n",
+    "counter not ending in _total": "# TYPE hits counter\nhits 1\n",
+    "negative counter": "# TYPE hits_total counter\nhits_total -1\n",
+    "families interleaved": "# TYPE a gauge\na 1\n# TYPE b gauge\nb 1\na{x=\"1\"} 2\n",
+    "buckets not cumulative": '# TYPE h histogram\nh_bucket{le="1"} 2\nh_bucket{le="+Inf"} 1\n'
+                              "h_sum 1\nh_count 1\n",
+    "le not ascending": '# TYPE h histogram\nh_bucket{le="2"} 1\nh_bucket{le="1"} 1\n'
+                        'h_bucket{le="+Inf"} 1\nh_sum 1\nh_count 1\n',
+    "no +Inf bucket": '# TYPE h histogram\nh_bucket{le="1"} 1\nh_sum 1\nh_count 1\n',
+    "_count differs from +Inf": '# TYPE h histogram\nh_bucket{le="+Inf"} 2\nh_sum 1\nh_count 3\n',
+    "no _sum": '# TYPE h histogram\nh_bucket{le="+Inf"} 2\nh_count 2\n',
+    "bucket without le": '# TYPE h histogram\nh_bucket 2\nh_bucket{le="+Inf"} 2\nh_sum 1\nh_count 2\n',
+}
+
+
+@pytest.mark.parametrize("text", BROKEN_TEXTS.values(), ids=BROKEN_TEXTS.keys())
+def test_parser_refuses_what_the_format_forbids(text):
+    with pytest.raises(ExpositionError):
+        parse_exposition(text)
+
+
+# -- the exposition classes in detserve/metrics.py -------------------------------------------------
+def test_exposition_escapes_label_values_and_help_and_round_trips():
+    tricky = 'say "hi" \\ to C:\\path\nand a second line'
+    registry = exposition.Registry()
+    counter = registry.add(exposition.Counter("t_events_total", "Help with \\ and\na newline.", ("what",)))
+    counter.inc(tricky)
+    counter.inc(tricky, amount=2)
+    counter.inc("plain")
+    registry.add(exposition.Gauge("t_level", "A gauge.",
+                                          lambda: {(tricky,): math.nan, ("up",): math.inf}, ("what",)))
+    histogram = registry.add(exposition.Histogram("t_size_bytes", "A histogram.", (1, 10), ("what",)))
+    for value in (0.5, 1, 10, 11, math.nan):  # a bound is inclusive; NaN lands in +Inf only
+        histogram.observe(value, tricky)
+    text = registry.render()
+    # Escaped, the newline in the value and in the help cannot start a line of its own.
+    assert not any(line.startswith(("and a second line", "a newline")) for line in text.splitlines())
+    assert f'what="{tricky}"' not in text
+
+    scrape = parse_exposition(text)
+    assert scrape.family("t_events_total").help == "Help with \\ and\na newline."
+    assert scrape.value("t_events_total", what=tricky) == 3
+    assert scrape.value("t_events_total", what="plain") == 1
+    assert math.isnan(scrape.value("t_level", what=tricky))
+    assert scrape.value("t_level", what="up") == math.inf
+    buckets, _, count = scrape.histogram("t_size_bytes", what=tricky)
+    assert buckets == [(1.0, 2), (10.0, 3), (math.inf, 5)]
+    assert count == 5
+    assert "t_level{what=" in text and " NaN\n" in text and " +Inf\n" in text
+
+
+def test_unlabelled_metrics_are_exported_before_their_first_event():
+    registry = exposition.Registry()
+    registry.add(exposition.Counter("t_restarts_total", "Restarts."))
+    registry.add(exposition.Histogram("t_wait_seconds", "Waits.", (0.1, 1)))
+    scrape = parse_exposition(registry.render())
+    assert scrape.value("t_restarts_total") == 0
+    assert scrape.histogram("t_wait_seconds") == ([(0.1, 0), (1.0, 0), (math.inf, 0)], 0, 0)
+
+
+# -- a real server under known traffic --------------------------------------------------------------
+def b64(data):
+    return base64.b64encode(data).decode()
+
+
+VALID_COUNT = 10
+BAD_BODIES = [  # all three are found by a worker, so each also waits in the queue once
+    json.dumps({"id": "bad-base64", "image": "@@@ not base64 @@@"}).encode(),
+    json.dumps({"id": "not-an-image", "image": b64(b"hello, this is not a picture")}).encode(),
+    b'{"id": "malformed", "image": ',
+]
+
+
+def scrape_metrics(srv, request_id=None):
+    status, headers, text = srv.request("/metrics", headers={"X-Request-ID": request_id} if request_id else None)
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/plain; version=0.0.4"), headers["Content-Type"]
+    return parse_exposition(text)
+
+
+def wait_until_counted(srv, request_ids):
+    """A request is counted just after its answer is sent, just before its access line is
+    written: once every line is there, every count is in, and a scrape sees them all."""
+    for request_id in request_ids:
+        srv.wait_for_line(rf" rid={re.escape(request_id)}( |$)", timeout_s=30)
+
+
+@dataclass
+class Traffic:
+    first: Scrape
+    last: Scrape
+    answers: list  # (status, payload) per request sent
+
+
+@pytest.fixture(scope="module")
+def traffic():
+    """A fresh server batching up to 4: one scrape, 10 valid and 3 bad detections sent 4 at a time, a scrape."""
+    with ServerProcess("--workers", str(WORKERS), "--max-batch", "4") as srv:
+        first = scrape_metrics(srv, "first-scrape")
+        bodies = [{"id": f"valid-{i}-{IMAGES[i % len(IMAGES)][0]}", "image": b64(IMAGES[i % len(IMAGES)][1])}
+                  for i in range(VALID_COUNT)]
+        for position, bad in zip((2, 6, 11), BAD_BODIES):  # spread among the valid ones
+            bodies.insert(position, bad)
+
+        request_ids = [f"metrics-{i}" for i in range(len(bodies))]
+
+        def post(body, request_id):
+            headers = {"Content-Type": "application/json", "X-Request-ID": request_id}
+            status, _, payload = srv.request("/api/", body, headers=headers)
+            return status, payload
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            answers = list(pool.map(post, bodies, request_ids))
+        wait_until_counted(srv, ["first-scrape", *request_ids])
+        yield Traffic(first, scrape_metrics(srv), answers)
+
+
+def test_a_fresh_server_exports_every_metric_at_zero(traffic):
+    scrape = traffic.first
+    assert scrape.value("detserve_images_processed_total") == 0
+    assert scrape.value("detserve_worker_restarts_total") == 0
+    assert set(scrape.series("detserve_detections_total").values()) == {0}
+    assert scrape.series("detserve_http_requests_total") == {}  # this scrape is counted once answered
+    for name in ("detserve_queue_wait_seconds", "detserve_inference_seconds", "detserve_batch_size"):
+        buckets, total, count = scrape.histogram(name)
+        assert count == 0 and total == 0 and {c for _, c in buckets} == {0}
+    for reason in ("overload", "deadline", "bad_input"):
+        assert scrape.value("detserve_rejected_requests_total", reason=reason) == 0
+
+
+def test_every_metric_the_issue_asks_for_is_there_with_its_type(traffic):
+    expected = {
+        "detserve_http_requests_total": "counter",
+        "detserve_http_request_duration_seconds": "histogram",
+        "detserve_queue_wait_seconds": "histogram",
+        "detserve_inference_seconds": "histogram",
+        "detserve_batch_size": "histogram",
+        "detserve_images_processed_total": "counter",
+        "detserve_detections_total": "counter",
+        "detserve_queue_depth": "gauge",
+        "detserve_in_flight_requests": "gauge",
+        "detserve_workers_ready": "gauge",
+        "detserve_worker_restarts_total": "counter",
+        "detserve_model_load_seconds": "gauge",
+        "detserve_rejected_requests_total": "counter",
+    }
+    families = traffic.last.families
+    assert {name: families[name].type for name in expected if name in families} == expected
+    for family in families.values():
+        assert family.name.startswith("detserve_")
+        assert family.help, f"{family.name} has no HELP"
+
+
+def test_the_traffic_was_what_the_test_meant_to_send(traffic):
+    statuses = collections.Counter(status for status, _ in traffic.answers)
+    assert statuses == {200: VALID_COUNT, 400: len(BAD_BODIES)}, traffic.answers
+
+
+def test_requests_are_counted_by_route_and_code(traffic):
+    scrape = traffic.last
+    assert scrape.series("detserve_http_requests_total") == {
+        frozenset({("route", "/api/"), ("code", "200")}): VALID_COUNT,
+        frozenset({("route", "/api/"), ("code", "400")}): len(BAD_BODIES),
+        frozenset({("route", "/metrics"), ("code", "200")}): 1,  # the first scrape
+    }
+    _, _, count = scrape.histogram("detserve_http_request_duration_seconds", route="/api/")
+    assert count == VALID_COUNT + len(BAD_BODIES)
+    _, _, count = scrape.histogram("detserve_http_request_duration_seconds", route="/metrics")
+    assert count == 1
+
+
+def test_rejections_count_bad_input_and_nothing_else(traffic):
+    series = {dict(labels)["reason"]: v for labels, v in
+              traffic.last.series("detserve_rejected_requests_total").items()}
+    assert series.pop("bad_input") == len(BAD_BODIES)
+    assert {"overload", "deadline"} <= set(series)
+    assert set(series.values()) == {0}, series
+
+
+def test_images_batches_and_queue_waits_add_up(traffic):
+    scrape = traffic.last
+    assert scrape.value("detserve_images_processed_total") == VALID_COUNT
+    _, batch_total, batches = scrape.histogram("detserve_batch_size")
+    assert batch_total == VALID_COUNT  # however the 10 were batched, each was in exactly one batch
+    assert 1 <= batches <= VALID_COUNT
+    _, _, inferences = scrape.histogram("detserve_inference_seconds")
+    assert inferences == batches  # one compute time per batch
+    _, _, waits = scrape.histogram("detserve_queue_wait_seconds")
+    assert waits == VALID_COUNT + len(BAD_BODIES)  # every request that reached a worker waited once
+
+
+def test_detections_by_label_match_the_responses_and_cover_all_coco_labels(traffic):
+    served = collections.Counter(d["label"] for status, payload in traffic.answers if status == 200
+                                 for d in payload["detections"])
+    assert served, "the sample images should yield some detections"
+    exported = {dict(labels)["label"]: v for labels, v in traffic.last.series("detserve_detections_total").items()}
+    assert len(COCO_LABELS) == 80
+    assert set(exported) == set(COCO_LABELS)
+    assert exported == {label: served.get(label, 0) for label in COCO_LABELS}
+
+
+def test_worker_gauges(traffic):
+    scrape = traffic.last
+    assert scrape.value("detserve_workers_ready") == WORKERS
+    assert scrape.value("detserve_worker_restarts_total") == 0
+    load_times = {dict(labels)["worker"]: v for labels, v in scrape.series("detserve_model_load_seconds").items()}
+    assert set(load_times) == {str(i) for i in range(WORKERS)}
+    assert all(v > 0 for v in load_times.values())
+    # Read after every answer arrived: nothing waits and nothing is in flight.
+    assert scrape.value("detserve_queue_depth") == 0
+    assert scrape.value("detserve_in_flight_requests") == 0
+
+
+def test_overload_is_counted_as_overload():
+    """One worker taking one request at a time, a queue of one, and a burst of 16."""
+    image = IMAGES[0][1]
+    with ServerProcess("--workers", "1", "--max-batch", "1", "--queue-size", "1") as srv:
+        statuses = collections.Counter()
+        request_ids = []
+        for burst in range(3):  # in practice the first burst overflows; retry rather than flake
+            start = threading.Barrier(16)
+
+            def post(request_id):
+                start.wait()
+                status, headers, _ = srv.request("/api/?id=burst", image,
+                                                 headers={"Content-Type": "image/jpeg", "X-Request-ID": request_id})
+                if status == 503:
+                    assert headers["Retry-After"] == "1"
+                return status
+
+            ids = [f"burst-{burst}-{i}" for i in range(16)]
+            request_ids += ids
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                statuses.update(pool.map(post, ids))
+            if statuses[503]:
+                break
+        wait_until_counted(srv, request_ids)
+        assert set(statuses) <= {200, 503}, statuses
+        assert statuses[503] > 0, "a burst of 16 never overflowed a queue of 1"
+        scrape = scrape_metrics(srv)
+    assert scrape.value("detserve_rejected_requests_total", reason="overload") == statuses[503]
+    assert scrape.value("detserve_http_requests_total", route="/api/", code="503") == statuses[503]
+    assert scrape.value("detserve_http_requests_total", route="/api/", code="200") == statuses[200]
+    assert scrape.value("detserve_images_processed_total") == statuses[200]
+    _, batch_total, _ = scrape.histogram("detserve_batch_size")
+    assert batch_total == statuses[200]
