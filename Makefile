@@ -6,40 +6,54 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKERS ?= 2
 PORT ?= 5050
-STAMP := $(VENV)/.installed
+# Stamps record what is installed, so each target installs only what it lacks.
+RUNTIME_STAMP := $(VENV)/.runtime-installed
+STAMP := $(VENV)/.test-installed
 
-.PHONY: help install models run test bench ceiling perf clean
+.PHONY: help install models run test bench calibrate ceiling perf clean
 
 help:
 	@echo "make run          serve on :$(PORT) with $(WORKERS) workers (installs and fetches the model first)"
-	@echo "make test         install test dependencies, fetch the model, run the test suite"
+	@echo "make test         install the test dependencies, fetch the model, run the test suite"
 	@echo "make models       fetch and verify the YOLOv3-tiny files"
 	@echo "make bench        load-test a running server: URL=... THREADS=..."
-	@echo "make perf         the performance benchmark (ceiling vs detserve, ratios)"
-	@echo "make image        build the Docker image; make image-test builds and serves it"
-	@echo "make deploy REPLICAS=4   deploy to the current kubectl context"
+	@echo "make calibrate    measure the cost per image at batch sizes 1, 2, 4, 8 and suggest flags"
+	@echo "make ceiling      the raw pipeline ceiling of this machine (no server)"
+	@echo "make perf         the performance benchmark: ceiling vs detserve, with ratios"
+	@echo "make image        build the Docker image; make image-test builds, runs and queries it"
+	@echo "make deploy REPLICAS=4 [IMAGE=...]   deploy to the current kubectl context"
+	@echo "make deploy-all | scale REPLICAS=n | autoscale | unautoscale | undeploy | sweep-cluster"
 
-$(STAMP): setup.cfg pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+
+$(RUNTIME_STAMP): setup.cfg pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(STAMP): $(RUNTIME_STAMP) setup.cfg
 	$(PY) -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	touch $@
 
-install: $(STAMP)
+install: $(RUNTIME_STAMP)
 
-models: $(STAMP)
+models: $(RUNTIME_STAMP)
 	$(PY) -m detserve.model_files
 
 run: models
 	$(PY) -m detserve --workers $(WORKERS) --port $(PORT)
 
-test: models
+test: $(STAMP) models
 	$(PY) -m pytest tests
 
 URL ?= http://127.0.0.1:$(PORT)/api/
 THREADS ?= 4
-bench: $(STAMP)
+bench: $(RUNTIME_STAMP)
 	$(PY) -m bench inputfolder $(URL) $(THREADS)
+
+calibrate: models
+	$(PY) -m detserve.calibrate
 
 ceiling: models
 	$(PY) -m bench.ceiling inputfolder
@@ -102,7 +116,7 @@ image-test:
 	  echo "image-test skipped: no Docker engine answers ('$(DOCKER) info' failed). Install and start one (apt-get install docker.io; dockerd &) and run make image-test again."; \
 	  exit 0; \
 	fi; \
-	$(MAKE) --no-print-directory image install && \
+	$(MAKE) --no-print-directory image $(STAMP) && \
 	DETSERVE_IMAGE_TEST=$(IMAGE) DOCKER=$(DOCKER) $(PY) -m pytest tests/test_dockerfile.py -k test_image_serves -rs -v -s
 
 # The deployment, the NodePort service and the guard rails (PDB, NetworkPolicy).
@@ -146,7 +160,7 @@ undeploy: kube-check
 
 # For each replica count: scale, wait until every pod is ready, then one bench
 # sweep over the thread counts, all rows appended to one CSV file.
-sweep-cluster: kube-check $(STAMP)
+sweep-cluster: kube-check $(RUNTIME_STAMP)
 	@$(check_no_hpa)
 	@mkdir -p $(dir $(SWEEP_OUT))
 	for r in $(SWEEP_REPLICAS); do \
