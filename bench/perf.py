@@ -12,56 +12,19 @@ The client runs on the same cores as the server, as in any one-machine test.
 
 import argparse
 import json
-import re
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 from bench import ceiling as ceiling_bench
 from bench.images import load_folder
 from bench.loadgen import run_load
+from bench.server_process import ServerUnderTest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-LISTENING = re.compile(r"listening on http://[^:]+:(\d+)")
-READY = re.compile(r"ready: \d+ workers in ([\d.]+) s")
 THROUGHPUT_GOAL = 0.95
 LATENCY_GOAL = 1.25
-
-
-class ServerUnderTest:
-    """detserve as a subprocess on a free port; stopped with SIGTERM on exit."""
-
-    def __init__(self, workers, extra_args):
-        self.args = [sys.executable, "-m", "detserve", "--host", "127.0.0.1", "--port", "0",
-                     "--workers", str(workers), *extra_args]
-
-    def __enter__(self):
-        self.proc = subprocess.Popen(self.args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
-        self.port = self.startup_s = None
-        for line in self.proc.stderr:
-            if self.port is None and LISTENING.search(line):
-                self.port = int(LISTENING.search(line).group(1))
-            match = READY.search(line)
-            if match:
-                self.startup_s = float(match.group(1))
-                break
-        if self.startup_s is None:
-            raise RuntimeError(f"detserve did not become ready (exit code {self.proc.poll()})")
-        # Keep draining its log so a full pipe never blocks the server.
-        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
-        return self
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}/api/"
-
-    def __exit__(self, *exc):
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
 
 
 def one_run(folder, clients, duration_s, workers, server_args, ceiling_duration_s):

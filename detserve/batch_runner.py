@@ -48,7 +48,6 @@ class BatchRunner:
         return results
 
     def _detect(self, images, accepted):
-        self.busy_flags[self.worker_index] = 1
         try:
             cv2.setNumThreads(cpu_budget.threads_for_batch(
                 self.cpus, sum(self.busy_flags), self.config.cv_threads))
@@ -62,8 +61,6 @@ class BatchRunner:
                            error=message, reject_reason="inference_error", queue_wait_s=wait_s,
                            batch_size=len(images))
                     for header, image_id, wait_s in accepted]
-        finally:
-            self.busy_flags[self.worker_index] = 0
         results = []
         for (header, image_id, wait_s), detections in zip(accepted, per_image):
             body = json.dumps({"id": image_id, "detections": [d.as_json() for d in detections]}).encode()

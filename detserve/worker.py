@@ -43,5 +43,12 @@ def worker_main(worker_index, task_conn, result_conn, busy_flags, config):
             tasks, stop = collect_batch(task_conn, config.max_batch, config.max_wait_s)
         except (EOFError, OSError):
             return
-        if tasks:
-            result_conn.send(runner.run(tasks))
+        if not tasks:
+            continue
+        # Busy from a batch's start until the pipe is empty, not just during the
+        # forward pass: a worker between two batches still has work, and a
+        # neighbour that counted it idle would take both CPUs and oversubscribe.
+        busy_flags[worker_index] = 1
+        result_conn.send(runner.run(tasks))
+        if not task_conn.poll(0):
+            busy_flags[worker_index] = 0

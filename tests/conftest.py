@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.server_process import worker_pids
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 INPUT_FOLDER = REPO_ROOT / "inputfolder"
 LISTENING_LINE = re.compile(r"listening on http://[^:]+:(\d+)")
@@ -121,13 +123,8 @@ class ServerProcess:
         return http_request(self.url + path, body=body, method=method, headers=headers, timeout_s=timeout_s)
 
     def worker_pids(self):
-        """PIDs of this server's worker processes (children of the server)."""
-        # A replacement worker is the child of the thread that spawned it: ask every thread.
-        children = [pid for task in Path(f"/proc/{self.proc.pid}/task").iterdir()
-                    for pid in (task / "children").read_text().split()]
-        # Spawned workers run multiprocessing's spawn_main; the resource tracker does not.
-        return [int(pid) for pid in children
-                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        """PIDs of this server's worker processes."""
+        return worker_pids(self.proc.pid)
 
 
 def http_request(url, body=None, method=None, headers=None, timeout_s=60):

@@ -1,0 +1,56 @@
+"""detserve as a subprocess on 127.0.0.1 for the benchmarks: started, timed to ready, stopped."""
+
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LISTENING = re.compile(r"listening on http://[^:]+:(\d+)")
+READY = re.compile(r"ready: \d+ workers in ([\d.]+) s")
+
+
+def worker_pids(server_pid):
+    """PIDs of a detserve server's worker processes, read from /proc (Linux)."""
+    # A replacement worker is the child of the thread that spawned it: ask every thread.
+    tasks = Path(f"/proc/{server_pid}/task")
+    children = [int(pid) for task in tasks.iterdir() for pid in (task / "children").read_text().split()]
+    # Workers run multiprocessing's spawn_main; the resource tracker does not.
+    return [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+class ServerUnderTest:
+    """detserve as a subprocess on a free port; stopped with SIGTERM on exit."""
+
+    def __init__(self, workers, extra_args):
+        self.args = [sys.executable, "-m", "detserve", "--host", "127.0.0.1", "--port", "0",
+                     "--workers", str(workers), *extra_args]
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(self.args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+        self.port = self.startup_s = None
+        for line in self.proc.stderr:
+            if self.port is None and LISTENING.search(line):
+                self.port = int(LISTENING.search(line).group(1))
+            match = READY.search(line)
+            if match:
+                self.startup_s = float(match.group(1))
+                break
+        if self.startup_s is None:
+            raise RuntimeError(f"detserve did not become ready (exit code {self.proc.poll()})")
+        # Keep draining its log so a full pipe never blocks the server.
+        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
+        return self
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}/api/"
+
+    def worker_pids(self):
+        return worker_pids(self.proc.pid)
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
