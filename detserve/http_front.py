@@ -8,6 +8,7 @@ it costs a worker anything.
 
 import hmac
 import json
+import logging
 import re
 import time
 import uuid
@@ -20,6 +21,8 @@ from .logs import log_access
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .messages import IMAGE_MEDIA_TYPES, JSON_MEDIA_TYPE, MAX_IMAGE_ID_CHARS, error_body
 from .worker_pool import PendingRequest, QueueFull
+
+log = logging.getLogger("detserve.http")
 
 ACCEPTED_MEDIA_TYPES = (JSON_MEDIA_TYPE, *IMAGE_MEDIA_TYPES)
 API_PATHS = ("/api/", "/api")
@@ -68,6 +71,7 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
         self._started_s = None  # set when a request line arrives, not while a keep-alive idles
         self._body_read = False
         self._stage_timing_ms = {}  # queue and inference, once a worker has answered
+        self._responded = False
         self._request_id = None
         self._route = "other"
         self._log = {"image_id": None, "batch_size": None, "error": None}
@@ -103,8 +107,19 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
 
     def _route_request(self, method):
         self._started_s = time.perf_counter()
-        path = urlsplit(self.path).path
         self._request_id = self._pick_request_id()
+        try:
+            self._dispatch(method)
+        except OSError:
+            raise  # the client went away; http.server closes the connection
+        except Exception:  # a bug of ours: log it, answer in JSON, never show a stack trace
+            log.exception("unexpected error handling %s %s", method, self.path)
+            if not self._responded:
+                self._send_error(500, "internal server error; see the server log for request id "
+                                      f"{self._request_id}", reason="internal_error", close=True)
+
+    def _dispatch(self, method):
+        path = urlsplit(self.path).path
         if path in API_PATHS:
             self._route = "/api/"
             if method == "POST":
@@ -278,6 +293,7 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
     def _send(self, status, body, content_type, headers=None, close=False):
         # A body we did not read would be parsed as the next request: close instead.
         close = close or self.server.service.draining or self._unread_body()
+        self._responded = True
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

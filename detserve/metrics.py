@@ -14,7 +14,7 @@ LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0,
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 # Exported at 0 from the start, so rate() and alerts see a series before the first refusal.
 REJECT_REASONS = ("overload", "deadline", "bad_input", "draining", "worker_died", "worker_stuck",
-                  "unauthorized", "inference_error")
+                  "unauthorized", "inference_error", "internal_error")
 
 
 def _format_value(value):
