@@ -115,16 +115,15 @@ class WorkerPool:
         self.all_ready = threading.Event()
         self.fatal_error = None
         self.fatal = threading.Event()
-        self._threads = []
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self):
         for slot in self._slots:
             self._spawn(slot)
-        for target, name in ((self._collect_loop, "collector"), (self._dispatch_loop, "dispatcher")):
-            thread = threading.Thread(target=target, name=f"detserve-{name}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._collector = threading.Thread(target=self._collect_loop, name="detserve-collector", daemon=True)
+        self._dispatcher = threading.Thread(target=self._dispatch_loop, name="detserve-dispatcher", daemon=True)
+        self._collector.start()
+        self._dispatcher.start()
 
     def wait_until_ready(self):
         """Block until every worker has loaded the model; raise WorkerBootError if one cannot."""
@@ -145,6 +144,8 @@ class WorkerPool:
             live = [(slot.process, slot.task_conn) for slot in self._slots if slot.process is not None]
         for pending in leftovers:
             pending.resolve(failure(pending, 503, "the server is shutting down; retry", "draining"))
+        # A send in progress must finish before STOP, or the two would interleave on a pipe.
+        self._dispatcher.join(timeout=WORKER_STOP_TIMEOUT_S)
         for _, task_conn in live:
             try:
                 task_conn.send(STOP)
@@ -156,8 +157,7 @@ class WorkerPool:
             if process.is_alive():
                 process.kill()
                 process.join()
-        for thread in self._threads:
-            thread.join(timeout=2)
+        self._collector.join(timeout=2)
         for slot in self._slots:
             for pending in slot.outstanding.values():
                 pending.resolve(failure(pending, 503, "the server is shutting down; retry", "draining"))
@@ -205,15 +205,19 @@ class WorkerPool:
                     if not slot.outstanding:
                         slot.last_progress_s = now  # the watchdog's clock starts with the first task
                     slot.outstanding[pending.request_id] = pending
+                    # This worker's own pipe: the slot may be given a replacement's pipe meanwhile.
+                    task_conn = slot.task_conn
             if expired:  # its client already has a 504: do no work for it
                 pending.resolve(failure(pending, 504, "the request waited past its deadline", "deadline"))
                 continue
             body, pending.body = pending.body, None
             try:
-                slot.task_conn.send(pending.header())
-                slot.task_conn.send_bytes(body)
-            except OSError:
-                pass  # the worker died; its death handler fails everything it held, this included
+                task_conn.send(pending.header())
+                task_conn.send_bytes(body)
+            except (OSError, TypeError, ValueError):
+                # The worker died (its pipe is broken, or already closed by the
+                # collector); its death handler fails everything it held, this included.
+                pass
 
     # -- collector thread ------------------------------------------------------------
     def _collect_loop(self):
