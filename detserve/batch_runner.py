@@ -39,10 +39,14 @@ class BatchRunner:
                 request = parse_body(body, header.media_type, header.query_image_id)
                 images.append(decode_image(request, self.config.max_pixels))
                 accepted.append((header, request.image_id, queue_wait_s))
+                continue
             except BadRequest as exc:
-                results.append(Result(header.request_id, exc.status, error_body(exc.message, exc.image_id),
-                                      image_id=exc.image_id, error=exc.message, reject_reason="bad_input",
-                                      queue_wait_s=queue_wait_s))
+                refusal = exc
+            except MemoryError:  # one oversized request must not take the worker (and its neighbours) down
+                refusal = BadRequest(413, "the request needs more memory than this worker has; send a smaller image")
+            results.append(Result(header.request_id, refusal.status, error_body(refusal.message, refusal.image_id),
+                                  image_id=refusal.image_id, error=refusal.message, reject_reason="bad_input",
+                                  queue_wait_s=queue_wait_s))
         if images:
             results.extend(self._detect(images, accepted))
         return results

@@ -16,6 +16,13 @@ JPEG_END = b"\xff\xd9"
 JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 JPEG_START_OF_SCAN = 0xDA
 JPEG_STANDALONE_MARKERS = frozenset([0x01, 0xD8, *range(0xD0, 0xD8)])
+# 0x00 is byte stuffing and 0x02-0xBF are reserved: libjpeg skips or rejects
+# them, so a parser that walked over them would read a different frame header
+# than the decoder does (and a hidden 20000x20000 frame would pass as 16x16).
+JPEG_FIRST_SEGMENT_MARKER = 0xC0
+# Each scan of a progressive JPEG re-walks the whole image: thousands of tiny
+# scans make a 1 MB file take a worker for minutes. Real files have about 10.
+MAX_JPEG_SCANS = 100
 
 
 class ImageHeaderError(ValueError):
@@ -68,10 +75,14 @@ def _read_jpeg(data):
         if marker in JPEG_STANDALONE_MARKERS:
             pos += 2
             continue
+        if marker < JPEG_FIRST_SEGMENT_MARKER:
+            raise ImageHeaderError(f"the JPEG has an invalid marker 0x{marker:02X} at byte {pos}")
         (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
         if length < 2:
             raise ImageHeaderError(f"the JPEG has a corrupt segment length at byte {pos}")
         if marker in JPEG_FRAME_MARKERS:
+            if size is not None:
+                raise ImageHeaderError("the JPEG has more than one frame header")
             if pos + 9 > len(data):
                 break
             height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
@@ -79,10 +90,13 @@ def _read_jpeg(data):
         elif marker == JPEG_START_OF_SCAN:
             if size is None:
                 raise ImageHeaderError("the JPEG has no frame header before its image data")
-            # Entropy-coded data never contains FF D9, so an end marker after the
-            # first scan means the file was not cut short.
+            # Entropy-coded data never contains FF D9 or FF DA (an FF there is
+            # followed by 00 or a restart marker), so these searches are exact.
             if data.rfind(JPEG_END) < pos + 2 + length:
                 raise ImageHeaderError("the JPEG is truncated (no end-of-image marker)")
+            scans = data.count(b"\xff\xda", pos)
+            if scans > MAX_JPEG_SCANS:
+                raise ImageHeaderError(f"the JPEG has {scans} scans, more than the {MAX_JPEG_SCANS} allowed")
             return ImageHeader("JPEG", *size)
         pos += 2 + length
     raise ImageHeaderError("the JPEG is truncated (it ends before its image data)")

@@ -23,6 +23,9 @@ def worker_main(worker_index, task_conn, result_conn, busy_flags, config):
     # reaches the whole process group and must not kill accepted work.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # OpenCV's own pixel limit, read when cv2 is first imported: a second guard
+    # behind the header check, applied to the frame size libjpeg/libpng really read.
+    os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(config.max_pixels)
     try:
         from .batch_runner import BatchRunner
         from .detector import Detector

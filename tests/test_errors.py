@@ -62,7 +62,8 @@ JSON_CASES = [
      "neither a JPEG nor a PNG"),
     ("truncated jpeg", json.dumps({"id": "x", "image": b64(CAMERA[: len(CAMERA) // 2])}).encode(), 400, "truncated"),
     ("invalid utf-8", b'{"id": "\xff\xfe", "image": ""}', 400, "UTF-8"),
-    ("deep nesting", b"[" * 100000 + b"]" * 100000, 400, "nested too deeply"),
+    ("deep nesting", b"[" * 100000 + b"]" * 100000, 400, "objects, arrays or commas"),
+    ("wide json", b"[" + b'"a",' * 1_000_000 + b'"a"]', 400, "objects, arrays or commas"),
     ("pixel bomb", json.dumps({"id": "bomb", "image": b64(png_claiming(100000, 100000))}).encode(), 413,
      "pixel limit"),
 ]

@@ -157,3 +157,42 @@ def test_hundreds_of_malformed_requests_each_get_a_4xx_json_error(fuzz_server):
     assert fuzz_server.proc.poll() is None
     assert len(fuzz_server.worker_pids()) == 2
     assert "worker" not in " ".join(line for line in fuzz_server.lines if "died" in line)
+
+
+def hidden_frame_jpeg(width, height):
+    """A 16x16 JPEG with a second, huge frame header hidden behind an FF 00 'marker'.
+
+    libjpeg skips the FF 00 as garbage and reads the huge frame; a parser that
+    walked over FF 00 as a segment would read only the small one.
+    """
+    small = cv2.imencode(".jpg", np.full((16, 16, 3), 128, np.uint8))[1].tobytes()
+    sof = small.index(b"\xff\xc0")
+    sof_segment = small[sof:sof + 2 + struct.unpack(">H", small[sof + 2:sof + 4])[0]]
+    huge = sof_segment[:5] + struct.pack(">HH", height, width) + sof_segment[9:]
+    app1 = b"\xff\xe1" + struct.pack(">H", 2 + len(sof_segment))  # hides the small frame from libjpeg
+    inner = huge + app1
+    wrapper = b"\xff\x00" + struct.pack(">H", 2 + len(inner)) + inner
+    return small[:sof] + wrapper + small[sof:]
+
+
+def many_scans_jpeg(scans):
+    """A valid progressive JPEG with one of its scans repeated: each repeat re-walks the image."""
+    image = np.random.default_rng(1).integers(0, 255, (256, 256, 3), np.uint8)
+    data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    last_scan = data.rindex(b"\xff\xda")
+    return data[:-2] + data[last_scan:-2] * scans + b"\xff\xd9"
+
+
+@pytest.mark.parametrize("data, reason", [
+    (hidden_frame_jpeg(20000, 20000), "invalid marker"),
+    (many_scans_jpeg(500), "scans"),
+], ids=["frame-hidden-behind-ff00", "500-scans"])
+def test_jpegs_built_to_exhaust_a_worker_are_refused(fuzz_server, data, reason):
+    status, _, payload = fuzz_server.request("/api/?id=hostile", data, headers={"Content-Type": "image/jpeg"})
+    assert status == 400 and reason in payload["error"]
+
+
+def test_a_progressive_jpeg_with_ordinary_scans_is_served(fuzz_server):
+    data = many_scans_jpeg(0)
+    status, _, payload = fuzz_server.request("/api/?id=progressive", data, headers={"Content-Type": "image/jpeg"})
+    assert status == 200 and payload["id"] == "progressive"
