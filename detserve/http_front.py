@@ -28,6 +28,8 @@ ACCEPTED_MEDIA_TYPES = (JSON_MEDIA_TYPE, *IMAGE_MEDIA_TYPES)
 API_PATHS = ("/api/", "/api")
 GET_ROUTES = ("/", "/healthz", "/readyz", "/metrics")
 CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+CONTENT_LENGTH = re.compile(r"[ \t]*[0-9]{1,12}[ \t]*")  # ASCII digits only: int() would take '²'
+READ_CHUNK_BYTES = 1 << 20
 RETRY_AFTER_S = 1
 
 WELCOME_TEXT = (
@@ -67,7 +69,11 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
         self.timeout = self.server.service.config.client_timeout_s  # idle keep-alive and slow headers
         super().setup()
 
+    def handle_expect_100(self):
+        return True  # 100 Continue is sent by _detect, after its checks, not before them
+
     def handle_one_request(self):
+        self.headers = self.path = None  # never a previous request's, if this one fails to parse
         self._started_s = None  # set when a request line arrives, not while a keep-alive idles
         self._body_read = False
         self._stage_timing_ms = {}  # queue and inference, once a worker has answered
@@ -163,6 +169,12 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
 
     # -- POST /api/ -------------------------------------------------------------------------------
     def _detect(self):
+        # In flight from arrival until the answer is on the wire, so that a drain
+        # waits for a body that is still arriving and for the last write.
+        with self.server.service.track_in_flight():
+            self._admit_and_answer()
+
+    def _admit_and_answer(self):
         service = self.server.service
         config = service.config
         arrived_s = time.monotonic()
@@ -173,53 +185,65 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
         if service.draining:
             return self._send_error(503, "the server is shutting down; retry on another instance",
                                     reason="draining", close=True, headers={"Retry-After": str(RETRY_AFTER_S)})
-        query_image_id = self._query_image_id()
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._send_error(411, "chunked bodies are not supported; send a Content-Length",
-                                    reason="bad_input", close=True)
-        length_text = self.headers.get("Content-Length")
-        if length_text is None:
-            return self._send_error(411, "Content-Length is required", reason="bad_input", close=True)
-        if not length_text.strip().isdigit():
-            return self._send_error(400, f"Content-Length {length_text!r} is not a number",
-                                    reason="bad_input", close=True)
-        length = int(length_text)
-        if length > config.max_body_bytes:
-            return self._send_error(413, f"the body is {length:,} bytes, more than the "
-                                         f"{config.max_body_bytes:,}-byte limit (--max-body-mb)",
-                                    reason="bad_input", close=True)
+        length, refusal = self._body_length(config.max_body_bytes)
+        if refusal:
+            status, message = refusal
+            return self._send_error(status, message, reason="bad_input", close=True)
         media_type = self._media_type()
         if media_type not in ACCEPTED_MEDIA_TYPES:
             return self._send_error(415, f"Content-Type {media_type!r} is not accepted; send application/json "
                                          "(or a raw image/jpeg or image/png body)",
                                     reason="bad_input", close=True)
+        query_image_id = self._query_image_id()
         if query_image_id is not None and len(query_image_id) > MAX_IMAGE_ID_CHARS:
             return self._send_error(400, f"?id= is longer than {MAX_IMAGE_ID_CHARS} characters",
                                     reason="bad_input", close=True)
+        if self.headers.get("Expect", "").lower() == "100-continue":
+            # Only now, after every check a refusal could come from, invite the body.
+            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.wfile.flush()
         body = self._read_body(length)
         self._body_read = True
         if body is None:
             return self._send_error(400, f"the body ended before its Content-Length of {length:,} bytes "
                                          f"(or took longer than {config.client_timeout_s:g} s to arrive)",
                                     reason="bad_input", close=True)
-        with service.track_in_flight():
-            pending = PendingRequest(service.next_request_id(), media_type, query_image_id, body,
-                                     arrived_s + config.request_timeout_s)
-            try:
-                service.pool.submit(pending)
-            except QueueFull as exc:
-                return self._send_error(503, f"overloaded: {exc}; retry after {RETRY_AFTER_S} s",
-                                        reason="draining" if service.draining else "overload",
-                                        image_id=query_image_id, headers={"Retry-After": str(RETRY_AFTER_S)})
-            result = pending.wait(pending.deadline_s - time.monotonic())
-            if result is None:
-                return self._send_error(504, f"no answer within the {config.request_timeout_s:g} s deadline",
-                                        reason="deadline", image_id=query_image_id)
+        pending = PendingRequest(service.next_request_id(), media_type, query_image_id, body,
+                                 arrived_s + config.request_timeout_s)
+        try:
+            service.pool.submit(pending)
+        except QueueFull as exc:
+            return self._send_error(503, f"overloaded: {exc}; retry after {RETRY_AFTER_S} s",
+                                    reason="draining" if service.draining else "overload",
+                                    image_id=query_image_id, headers={"Retry-After": str(RETRY_AFTER_S)})
+        result = pending.wait(pending.deadline_s - time.monotonic())
+        if result is None:
+            return self._send_error(504, f"no answer within the {config.request_timeout_s:g} s deadline",
+                                    reason="deadline", image_id=query_image_id)
         self._log.update(image_id=result.image_id, batch_size=result.batch_size or None, error=result.error)
         self._stage_timing_ms.update(queue=result.queue_wait_s * 1000, inference=result.inference_s * 1000)
         if result.reject_reason:
             service.metrics.rejections.inc(result.reject_reason)
         self._send(result.status, result.body, "application/json")
+
+    def _body_length(self, max_body_bytes):
+        """(length, None) for an acceptable body, or (None, (status, message))."""
+        if "Transfer-Encoding" in self.headers:
+            # Any Transfer-Encoding: a proxy and this server could otherwise disagree
+            # about where the body ends (request smuggling).
+            return None, (411, "Transfer-Encoding (chunked bodies) is not supported; send a Content-Length")
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths:
+            return None, (411, "Content-Length is required")
+        if len(lengths) > 1:
+            return None, (400, "more than one Content-Length header")
+        if not CONTENT_LENGTH.fullmatch(lengths[0]):
+            return None, (400, f"Content-Length {lengths[0][:40]!r} is not a number")
+        length = int(lengths[0])
+        if length > max_body_bytes:
+            return None, (413, f"the body is {length:,} bytes, more than the "
+                               f"{max_body_bytes:,}-byte limit (--max-body-mb)")
+        return length, None
 
     def _authorized(self, api_key):
         scheme, _, provided = self.headers.get("Authorization", "").partition(" ")
@@ -238,24 +262,23 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
 
     def _read_body(self, length):
         """Read exactly length bytes within --client-timeout-s in total, or return None."""
-        body = bytearray(length)
-        view = memoryview(body)
-        received = 0
+        # Grown as bytes arrive, never allocated from the declared length: headers
+        # alone must not make the server hold 20 MB per connection.
+        body = bytearray()
         deadline_s = time.monotonic() + self.server.service.config.client_timeout_s
         try:
-            while received < length:
+            while len(body) < length:
                 remaining_s = deadline_s - time.monotonic()
                 if remaining_s <= 0:
                     return None
                 self.connection.settimeout(remaining_s)  # a trickle of bytes cannot reset the clock
-                count = self.rfile.readinto1(view[received:])
-                if not count:
+                chunk = self.rfile.read1(min(length - len(body), READ_CHUNK_BYTES))
+                if not chunk:
                     return None
-                received += count
+                body += chunk
         except OSError:  # includes socket.timeout
             return None
         finally:
-            view.release()
             self.connection.settimeout(self.timeout)
         return body
 
@@ -307,6 +330,7 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+        self.wfile.flush()  # on the wire before the request stops counting as in flight
         self._finish(status, len(body))
 
     def _finish(self, status, size):

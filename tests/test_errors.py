@@ -140,3 +140,36 @@ def test_a_refused_body_is_never_read_as_the_next_request(server):
                          b"Content-Length: %d\r\n\r\n" % len(body) + body)
         assert status in (404, 405)
         assert "Connection: close" in head
+
+
+def test_expect_100_continue_is_answered_before_the_body_and_only_after_the_checks(server):
+    body = b'{"id": "expect", "image": "' + base64.b64encode(CAMERA) + b'"}'
+    head = (b"POST /api/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(head)
+        interim = sock.recv(1024)  # a client waits for this before sending a large body
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(body)
+        response = b""
+        while b'"detections"' not in response:
+            chunk = sock.recv(65536)
+            assert chunk, response
+            response += chunk
+    assert response.startswith(b"HTTP/1.1 200")
+    # A request refused on its headers gets the refusal, not an invitation to send 30 MB.
+    status, head, _ = raw_exchange(server.port, b"POST /api/ HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                                                b"Content-Length: 30000000\r\n\r\n")
+    assert status == 413 and "100 Continue" not in head
+
+
+@pytest.mark.parametrize("headers, status, reason", [
+    (b"Transfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n", 411, "Transfer-Encoding"),
+    (b"Content-Length: 5\r\nContent-Length: 7\r\n", 400, "more than one Content-Length"),
+    ("Content-Length: \u00b2\r\n".encode("latin-1"), 400, "not a number"),
+    (b"Content-Length: " + b"9" * 5000 + b"\r\n", 400, "not a number"),
+], ids=["two-transfer-encodings", "two-content-lengths", "superscript-digit", "5000-digits"])
+def test_ambiguous_body_framing_is_refused(server, headers, status, reason):
+    got, head, payload = raw_exchange(server.port, b"POST /api/ HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\nhello")
+    assert got == status and reason in payload["error"]
+    assert "Connection: close" in head

@@ -3,6 +3,8 @@ dead and stuck workers, boot failures, graceful shutdown, slow clients, auth.
 """
 
 import base64
+import http.client
+import json
 import os
 import resource
 import signal
@@ -13,6 +15,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from bench.soak import rss_mb
 from conftest import INPUT_FOLDER, REPO_ROOT, ServerProcess
 from reference import assert_same_detections, reference_detections
 
@@ -281,3 +284,39 @@ def test_api_key_is_required_on_api_only_and_never_logged(tmp_path):
         assert post_camera(srv, headers={"Authorization": "Bearer from-a-file"})[0] == 200
         assert post_camera(srv)[0] == 401
 
+
+
+def test_a_body_still_arriving_at_sigterm_is_answered_before_exit():
+    srv = ServerProcess("--workers", "1").start()
+    try:
+        body = json.dumps(CAMERA_REQUEST).encode()
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=HANG_LIMIT_S) as sock:
+            sock.sendall(b"POST /api/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body[:1000])
+            time.sleep(0.3)
+            srv.proc.send_signal(signal.SIGTERM)
+            srv.wait_for_line(r"SIGTERM received")
+            sock.sendall(body[1000:])
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            assert response.status == 200
+            assert json.loads(response.read())["id"] == "camera"
+        assert srv.proc.wait(timeout=HANG_LIMIT_S) == 0
+    finally:
+        srv.stop(signal.SIGKILL)
+
+
+def test_declared_but_unsent_bodies_cost_the_front_end_no_memory():
+    with ServerProcess("--workers", "1", "--client-timeout-s", "5") as srv:
+        before_mb = rss_mb(srv.proc.pid)
+        sockets = []
+        for _ in range(25):  # each promises a 20 MB body and sends none of it
+            sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            sock.sendall(b"POST /api/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 20971520\r\n\r\n")
+            sockets.append(sock)
+        time.sleep(1)
+        grown_mb = rss_mb(srv.proc.pid) - before_mb
+        for sock in sockets:
+            sock.close()
+        assert grown_mb < 50, f"the front end grew by {grown_mb:.0f} MB"
