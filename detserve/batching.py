@@ -4,7 +4,7 @@ or max_wait has passed since the first one arrived.
 
 import time
 
-from .messages import STOP
+from .messages import STOP, decode_task_header
 
 
 def collect_batch(task_conn, max_batch, max_wait_s):
@@ -31,6 +31,6 @@ def collect_batch(task_conn, max_batch, max_wait_s):
 
 def _receive_header(task_conn):
     try:
-        return task_conn.recv()
+        return decode_task_header(task_conn.recv_bytes())
     except EOFError:  # the front end is gone: nobody waits for our answers
         return STOP

@@ -1,10 +1,13 @@
 """The typed messages that cross the process boundary between front end and workers.
 
-Front end -> worker, on the worker's own task pipe: a pickled TaskHeader, then
-the raw request body with ``send_bytes`` (no pickling, no copy of the body);
-``None`` in place of a header tells the worker to stop.
-Worker -> front end, on the worker's own result pipe: WorkerReady or
-WorkerBootFailed once, then one list of Result per batch.
+Front end -> worker, on the worker's own task pipe: a TaskHeader as JSON
+bytes, then the raw request body, both with ``send_bytes``. Nothing a client
+sent is ever unpickled: a worker that read body bytes where it expected a
+header gets a parse error, not code. STOP_MESSAGE in place of a header tells
+the worker to stop.
+Worker -> front end, on the worker's own result pipe (pickled; only workers
+write there): WorkerReady or WorkerBootFailed once, then one list of Result
+per batch.
 """
 
 import json
@@ -12,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 STOP = None
+STOP_MESSAGE = b"STOP"
 JSON_MEDIA_TYPE = "application/json"
 IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png")
 MAX_IMAGE_ID_CHARS = 256
@@ -29,6 +33,18 @@ class TaskHeader:
     query_image_id: Optional[str]
     enqueued_at_s: float  # time.monotonic(), which every process on the host shares
     deadline_s: float
+
+
+def encode_task_header(header):
+    return json.dumps([header.request_id, header.media_type, header.query_image_id,
+                       header.enqueued_at_s, header.deadline_s]).encode()
+
+
+def decode_task_header(data):
+    """The TaskHeader in data, or STOP."""
+    if data == STOP_MESSAGE:
+        return STOP
+    return TaskHeader(*json.loads(data))
 
 
 @dataclass(frozen=True)

@@ -113,9 +113,17 @@ def run(config):
     finally:
         httpd.shutdown()
         httpd.server_close()
-        service.pool.stop()
+        service.pool.stop()  # answers whatever is still waiting (503 "shutting down")
+        _wait_for_answers_written(service)
     log.info("stopped (exit code %d)", exit_code)
     return exit_code
+
+
+def _wait_for_answers_written(service, timeout_s=2.0):
+    """Handler threads are daemons: give them a moment to write the answers stop() just gave them."""
+    deadline_s = time.monotonic() + timeout_s
+    while service.in_flight and time.monotonic() < deadline_s:
+        time.sleep(0.01)
 
 
 def _serve(service, signals, started_s):

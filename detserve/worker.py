@@ -36,7 +36,8 @@ def worker_main(worker_index, task_conn, result_conn, busy_flags, config):
         detector.warm_up()
         load_time_s = time.perf_counter() - load_started_s
     except BaseException as exc:  # a model that cannot load is fatal for the server, not a respawn loop
-        result_conn.send(WorkerBootFailed(worker_index, f"{type(exc).__name__}: {exc}"))
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # OpenCV's messages span lines
+        result_conn.send(WorkerBootFailed(worker_index, reason))
         sys.exit(BOOT_FAILURE_EXIT_CODE)
     result_conn.send(WorkerReady(worker_index, os.getpid(), load_time_s))
     runner = BatchRunner(worker_index, detector, busy_flags, config)

@@ -5,14 +5,16 @@
                                      │ ready worker with the fewest outstanding,
                                      │ at most 2 x max_batch each
                                      ▼
-        task pipe 0 … task pipe N-1  (one per worker: header + raw body bytes)
+        task pipe 0 … task pipe N-1  (one per worker, each written by its own
+                                     sender thread: header + raw body bytes)
                                      ▼
                                worker processes
                                      ▼
         result pipe 0 … result pipe N-1 ──▶ collector thread: waits on every
                                      result pipe and every process sentinel at
                                      once, resolves each request's PendingRequest,
-                                     notices a death at once and replaces it.
+                                     notices a death at once and replaces it
+                                     (with back-off if the replacement fails).
 
 Why one pipe pair per worker instead of one shared multiprocessing.Queue: a
 shared queue's reader lock is held by whichever idle worker is blocked in
@@ -32,7 +34,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from .messages import STOP, Result, TaskHeader, WorkerBootFailed, WorkerReady, error_body
+from .messages import Result, TaskHeader, WorkerBootFailed, WorkerReady, encode_task_header, error_body
+from .task_sender import TaskSender
 from .worker import worker_main
 
 log = logging.getLogger("detserve.pool")
@@ -41,6 +44,11 @@ COLLECTOR_TICK_S = 0.25
 PIPE_BUFFER_BYTES = 1 << 20  # lets the next request's body wait in the pipe while the worker computes
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 WORKER_STOP_TIMEOUT_S = 5.0
+# A replacement that fails to start is retried after 0.5 s, 1 s, 2 s; the
+# fourth failure in a row is fatal (the server exits instead of looping).
+RESPAWN_BACKOFF_S = 0.5
+MAX_CONSECUTIVE_BOOT_FAILURES = 4
+MAX_CONSECUTIVE_COLLECTOR_ERRORS = 20
 
 
 class QueueFull(Exception):
@@ -90,11 +98,13 @@ def failure(pending, status, message, reason):
 class WorkerSlot:
     index: int
     process: multiprocessing.Process = None
-    task_conn: multiprocessing.connection.Connection = None
+    sender: TaskSender = None
     result_conn: multiprocessing.connection.Connection = None
     ready: bool = False
-    ever_ready: bool = False
+    ever_ready: bool = False  # this incarnation reported ready
     boot_failure: str = None
+    consecutive_boot_failures: int = 0
+    respawn_at_s: float = None
     stuck: bool = False
     load_time_s: float = 0.0
     last_progress_s: float = 0.0
@@ -113,6 +123,7 @@ class WorkerPool:
         self._stopping = False
         self._credit_per_worker = 2 * config.max_batch
         self.all_ready = threading.Event()
+        self._started = False  # every worker was ready once: later boot failures are retried
         self.fatal_error = None
         self.fatal = threading.Event()
 
@@ -134,32 +145,35 @@ class WorkerPool:
             raise WorkerBootError(self.fatal_error)
 
     def stop(self):
-        """Stop every worker (one STOP each), then kill what does not exit in time."""
+        """Stop every worker (one STOP each), kill what does not exit in time. Bounded."""
         with self._cond:
             self._stopping = True
             leftovers = list(self._queue)
             self._queue.clear()
             self._cond.notify_all()
             # The collector may reap a slot meanwhile; keep our own references.
-            live = [(slot.process, slot.task_conn) for slot in self._slots if slot.process is not None]
+            live = [(slot.process, slot.sender, bool(slot.outstanding))
+                    for slot in self._slots if slot.process is not None]
         for pending in leftovers:
             pending.resolve(failure(pending, 503, "the server is shutting down; retry", "draining"))
-        # A send in progress must finish before STOP, or the two would interleave on a pipe.
-        self._dispatcher.join(timeout=WORKER_STOP_TIMEOUT_S)
-        for _, task_conn in live:
-            try:
-                task_conn.send(STOP)
-            except OSError:
-                pass
+        for process, sender, busy in live:
+            if busy:
+                process.kill()  # the drain already gave it its time
+            else:
+                sender.send_stop()  # queued behind anything still being written
         deadline = time.monotonic() + WORKER_STOP_TIMEOUT_S
-        for process, _ in live:
+        for process, _, _ in live:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 process.kill()
                 process.join()
         self._collector.join(timeout=2)
+        self._dispatcher.join(timeout=1)
         for slot in self._slots:
-            for pending in slot.outstanding.values():
+            if slot.process is not None and slot.process.is_alive():  # spawned while we stopped
+                slot.process.kill()
+                slot.process.join()
+            for pending in list(slot.outstanding.values()):
                 pending.resolve(failure(pending, 503, "the server is shutting down; retry", "draining"))
 
     # -- what the front end asks ---------------------------------------------------
@@ -205,39 +219,47 @@ class WorkerPool:
                     if not slot.outstanding:
                         slot.last_progress_s = now  # the watchdog's clock starts with the first task
                     slot.outstanding[pending.request_id] = pending
-                    # This worker's own pipe: the slot may be given a replacement's pipe meanwhile.
-                    task_conn = slot.task_conn
+                    # Queued for this worker's sender, never written here: a large body
+                    # to a busy worker must not hold up the other workers' tasks.
+                    slot.sender.send_task(encode_task_header(pending.header()), pending.body)
+                    pending.body = None
             if expired:  # its client already has a 504: do no work for it
                 pending.resolve(failure(pending, 504, "the request waited past its deadline", "deadline"))
-                continue
-            body, pending.body = pending.body, None
-            try:
-                task_conn.send(pending.header())
-                task_conn.send_bytes(body)
-            except (OSError, TypeError, ValueError):
-                # The worker died (its pipe is broken, or already closed by the
-                # collector); its death handler fails everything it held, this included.
-                pass
 
     # -- collector thread ------------------------------------------------------------
     def _collect_loop(self):
+        errors_in_a_row = 0
         while True:
             with self._cond:
                 if self._stopping and not any(s.process and s.process.is_alive() for s in self._slots):
                     return
-                by_conn = {s.result_conn: s for s in self._slots if s.result_conn is not None}
-                by_sentinel = {s.process.sentinel: s for s in self._slots if s.process is not None}
             try:
-                ready = multiprocessing.connection.wait(list(by_conn) + list(by_sentinel), COLLECTOR_TICK_S)
-            except OSError:
-                ready = []
-            for obj in ready:
-                if obj in by_conn:
-                    self._receive(by_conn[obj])
-            for obj in ready:
-                if obj in by_sentinel:
-                    self._reap(by_sentinel[obj])
-            self._kill_stuck_workers()
+                self._collect_once()
+                errors_in_a_row = 0
+            except Exception:  # this thread must not die quietly: requests would hang
+                errors_in_a_row += 1
+                log.exception("collector error (%d in a row)", errors_in_a_row)
+                if errors_in_a_row >= MAX_CONSECUTIVE_COLLECTOR_ERRORS:
+                    self._declare_fatal("the worker supervisor keeps failing; see the log")
+                    return
+                time.sleep(COLLECTOR_TICK_S)
+
+    def _collect_once(self):
+        with self._cond:
+            by_conn = {s.result_conn: s for s in self._slots if s.result_conn is not None}
+            by_sentinel = {s.process.sentinel: s for s in self._slots if s.process is not None}
+        try:
+            ready = multiprocessing.connection.wait(list(by_conn) + list(by_sentinel), COLLECTOR_TICK_S)
+        except OSError:
+            ready = []
+        for obj in ready:
+            if obj in by_conn:
+                self._receive(by_conn[obj])
+        for obj in ready:
+            if obj in by_sentinel:
+                self._reap(by_sentinel[obj])
+        self._kill_stuck_workers()
+        self._respawn_due()
 
     def _receive(self, slot):
         """Handle one message from slot's worker; False if the pipe is closed."""
@@ -256,9 +278,11 @@ class WorkerPool:
     def _on_ready(self, slot, message):
         with self._cond:
             slot.ready = slot.ever_ready = True
+            slot.consecutive_boot_failures = 0
             slot.load_time_s = message.load_time_s
             self._cond.notify_all()
             all_ready = all(s.ready for s in self._slots)
+            self._started = self._started or all_ready
         log.info("worker %d (pid %d) ready; model loaded in %.2f s",
                  slot.index, message.pid, message.load_time_s)
         if all_ready:
@@ -290,40 +314,62 @@ class WorkerPool:
 
     def _reap(self, slot):
         process = slot.process
-        process.join(0)
+        process.join(1)  # the sentinel fired: it is exiting; wait for its exit code
         while slot.result_conn.poll() and self._receive(slot):
             pass  # answers it sent before dying still count
         with self._cond:
             orphans = list(slot.outstanding.values())
             slot.outstanding.clear()
-            stuck = slot.stuck
+            stuck, stopping = slot.stuck, self._stopping
             slot.ready = slot.stuck = False
             self._busy_flags[slot.index] = 0
-            stopping = self._stopping
-        if stuck:
+            slot.process = None
+        if stopping:
+            status, message, reason = 503, "the server is shutting down; retry", "draining"
+        elif stuck:
             status, message, reason = 504, "the worker processing this request hung and was replaced", "worker_stuck"
         else:
             status, message, reason = 503, "the worker processing this request died; retry", "worker_died"
         for pending in orphans:
             pending.resolve(failure(pending, status, message, reason))
-        slot.task_conn.close()
+        slot.sender.close()
         slot.result_conn.close()
+        slot.result_conn = None
         if stopping:
-            slot.result_conn = None
-            slot.process = None
             return
-        if slot.boot_failure or not slot.ever_ready:
-            reason_text = slot.boot_failure or f"exited with code {process.exitcode} before it was ready"
-            self._declare_fatal(f"worker {slot.index} could not start: {reason_text}")
-            slot.result_conn = None
-            slot.process = None
+        if slot.ever_ready:
+            log.warning("worker %d (pid %d) %s (exit code %s); %d request(s) failed; starting a replacement",
+                        slot.index, process.pid, "hung" if stuck else "died", process.exitcode, len(orphans))
+            if self.metrics is not None:
+                self.metrics.worker_restarts.inc()
+            self.all_ready.clear()
+            self._try_spawn(slot)
             return
-        log.warning("worker %d (pid %d) %s (exit code %s); %d request(s) failed; starting a replacement",
-                    slot.index, process.pid, "hung" if stuck else "died", process.exitcode, len(orphans))
-        if self.metrics is not None:
-            self.metrics.worker_restarts.inc()
-        self.all_ready.clear()
-        self._spawn(slot)
+        reason_text = slot.boot_failure or f"exited with code {process.exitcode} before it was ready"
+        self._boot_failed(slot, f"worker {slot.index} could not start: {reason_text}")
+
+    def _boot_failed(self, slot, reason):
+        """At start-up a boot failure is fatal; later, retry with back-off, then give up."""
+        slot.consecutive_boot_failures += 1
+        if not self._started or slot.consecutive_boot_failures >= MAX_CONSECUTIVE_BOOT_FAILURES:
+            self._declare_fatal(reason)
+            return
+        delay_s = RESPAWN_BACKOFF_S * 2 ** (slot.consecutive_boot_failures - 1)
+        log.warning("%s; retrying in %.1f s", reason, delay_s)
+        slot.respawn_at_s = time.monotonic() + delay_s
+
+    def _respawn_due(self):
+        now = time.monotonic()
+        for slot in self._slots:
+            if slot.process is None and slot.respawn_at_s is not None and now >= slot.respawn_at_s:
+                slot.respawn_at_s = None
+                self._try_spawn(slot)
+
+    def _try_spawn(self, slot):
+        try:
+            self._spawn(slot)
+        except OSError as exc:  # fork/pipe failures come exactly when memory or fds run short
+            self._boot_failed(slot, f"worker {slot.index} could not be started: {exc}")
 
     def _declare_fatal(self, reason):
         log.error("%s", reason)
@@ -357,10 +403,19 @@ class WorkerPool:
         process = self._ctx.Process(
             target=worker_main, name=f"detserve-worker-{slot.index}", daemon=True,
             args=(slot.index, task_recv, result_send, self._busy_flags, self.config))
-        process.start()
-        task_recv.close()
-        result_send.close()
+        try:
+            process.start()
+        except BaseException:
+            task_send.close()
+            result_recv.close()
+            raise
+        finally:
+            task_recv.close()  # the child has its own copies
+            result_send.close()
         with self._cond:
-            slot.process, slot.task_conn, slot.result_conn = process, task_send, result_recv
-            slot.ready = slot.stuck = False
+            slot.process, slot.result_conn = process, result_recv
+            slot.sender = TaskSender(task_send, f"detserve-sender-{slot.index}")
+            slot.ready = slot.stuck = slot.ever_ready = False
             slot.boot_failure = None
+            if self._stopping:  # stop() may have taken its list already
+                process.kill()

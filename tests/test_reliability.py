@@ -320,3 +320,59 @@ def test_declared_but_unsent_bodies_cost_the_front_end_no_memory():
         for sock in sockets:
             sock.close()
         assert grown_mb < 50, f"the front end grew by {grown_mb:.0f} MB"
+
+
+def worker_pid_of_slot(srv, index):
+    line = srv.wait_for_line(r"worker %d \(pid \d+\) ready" % index)
+    return int(line.split("(pid ")[1].split(")")[0])
+
+
+def test_a_large_body_for_a_hung_worker_does_not_hold_up_the_others():
+    with ServerProcess("--workers", "2", "--request-timeout-s", "20") as srv:
+        os.kill(worker_pid_of_slot(srv, 0), signal.SIGSTOP)  # ties go to slot 0: it gets the first request
+        big = {"id": "big", "image": base64.b64encode(CAMERA + b"\0" * 1_500_000).decode()}  # > the pipe buffer
+        with ThreadPoolExecutor(max_workers=1) as background:
+            stuck = background.submit(srv.request, "/api/", big, timeout_s=HANG_LIMIT_S + 10)
+            time.sleep(0.5)
+            started = time.monotonic()
+            status, _, _ = post_camera(srv, "meanwhile")
+            waited_s = time.monotonic() - started
+            assert status == 200
+            assert waited_s < 10, f"a request for the idle worker waited {waited_s:.1f} s behind the hung one"
+            assert stuck.result()[0] == 504
+
+
+def test_shutdown_with_a_hung_worker_is_bounded_and_clean():
+    srv = ServerProcess("--workers", "1", "--drain-timeout-s", "1").start()
+    try:
+        (worker,) = srv.worker_pids()
+        os.kill(worker, signal.SIGSTOP)
+        with ThreadPoolExecutor(max_workers=1) as background:
+            in_flight = background.submit(post_camera, srv)
+            time.sleep(0.3)
+            started = time.monotonic()
+            srv.proc.send_signal(signal.SIGTERM)
+            code = srv.proc.wait(timeout=HANG_LIMIT_S)
+            stopped_s = time.monotonic() - started
+            status, _, payload = in_flight.result()
+        assert code == 0
+        assert stopped_s < 8, f"stopping took {stopped_s:.1f} s with --drain-timeout-s 1"
+        assert status == 503 and "shutting down" in payload["error"]
+    finally:
+        srv.stop(signal.SIGKILL)
+
+
+def test_a_replacement_that_cannot_load_is_retried_with_backoff_then_fatal(tmp_path):
+    for name in ("yolov3-tiny.cfg", "coco.names", "yolov3-tiny.weights"):
+        (tmp_path / name).symlink_to(REPO_ROOT / "yolo_tiny_configs" / name)
+    srv = ServerProcess("--workers", "2", "--model-dir", str(tmp_path)).start()
+    try:
+        (tmp_path / "yolov3-tiny.weights").unlink()  # replacements can no longer load the model
+        os.kill(worker_pid_of_slot(srv, 0), signal.SIGKILL)
+        srv.wait_for_line(r"could not start: .*retrying in 0\.5 s")
+        assert post_camera(srv)[0] == 200  # the other worker serves meanwhile
+        srv.wait_for_line(r"retrying in 2\.0 s", timeout_s=30)
+        assert srv.proc.wait(timeout=30) == 3
+        assert sum("retrying in" in line for line in srv.lines) == 3
+    finally:
+        srv.stop(signal.SIGKILL)
