@@ -10,6 +10,7 @@ import hmac
 import json
 import logging
 import re
+import sys
 import time
 import uuid
 from http import HTTPStatus
@@ -48,6 +49,11 @@ class DetectionHTTPServer(ThreadingHTTPServer):
     def __init__(self, address, service):
         self.service = service
         super().__init__(address, DetectionRequestHandler)
+
+    def handle_error(self, request, client_address):
+        # A client that resets its connection is routine: one log line, not a traceback
+        # on stderr (which would also break --log-format json).
+        log.warning("connection from %s ended with an error: %r", client_address[0], sys.exc_info()[1])
 
 
 class DetectionRequestHandler(BaseHTTPRequestHandler):

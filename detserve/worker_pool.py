@@ -49,6 +49,7 @@ WORKER_STOP_TIMEOUT_S = 5.0
 RESPAWN_BACKOFF_S = 0.5
 MAX_CONSECUTIVE_BOOT_FAILURES = 4
 MAX_CONSECUTIVE_COLLECTOR_ERRORS = 20
+QUEUED_BODIES_BUDGET = 8  # maximal bodies' worth of bytes the queue may hold
 
 
 class QueueFull(Exception):
@@ -122,6 +123,10 @@ class WorkerPool:
         self._cond = threading.Condition()
         self._stopping = False
         self._credit_per_worker = 2 * config.max_batch
+        # --queue-size full of 20 MB bodies would be 1.3 GB in the front end: bound
+        # the bytes too, at a few maximal bodies; ordinary images never reach it.
+        self._max_queued_bytes = QUEUED_BODIES_BUDGET * config.max_body_bytes
+        self._queued_bytes = 0
         self.all_ready = threading.Event()
         self._started = False  # every worker was ready once: later boot failures are retried
         self.fatal_error = None
@@ -150,6 +155,7 @@ class WorkerPool:
             self._stopping = True
             leftovers = list(self._queue)
             self._queue.clear()
+            self._queued_bytes = 0
             self._cond.notify_all()
             # The collector may reap a slot meanwhile; keep our own references.
             live = [(slot.process, slot.sender, bool(slot.outstanding))
@@ -183,6 +189,9 @@ class WorkerPool:
                 raise QueueFull("the server is shutting down")
             if len(self._queue) >= self.config.queue_size:
                 raise QueueFull(f"the queue is full ({self.config.queue_size} requests waiting)")
+            if self._queued_bytes + len(pending.body) > self._max_queued_bytes:
+                raise QueueFull(f"the queue holds {self._queued_bytes / 2**20:.0f} MB of images already")
+            self._queued_bytes += len(pending.body)
             self._queue.append(pending)
             self._cond.notify_all()
 
@@ -212,6 +221,7 @@ class WorkerPool:
                 if self._stopping:
                     return
                 pending = self._queue.popleft()
+                self._queued_bytes -= len(pending.body)
                 now = time.monotonic()
                 expired = now > pending.deadline_s
                 if not expired:

@@ -376,3 +376,14 @@ def test_a_replacement_that_cannot_load_is_retried_with_backoff_then_fatal(tmp_p
         assert sum("retrying in" in line for line in srv.lines) == 3
     finally:
         srv.stop(signal.SIGKILL)
+
+
+def test_the_queue_is_bounded_in_bytes_as_well_as_in_requests():
+    with ServerProcess("--workers", "1", "--max-body-mb", "1", "--request-timeout-s", "4") as srv:
+        os.kill(srv.worker_pids()[0], signal.SIGSTOP)  # nothing leaves the queue
+        body = {"id": "big", "image": base64.b64encode(b"\0" * 650_000).decode()}  # ~0.87 MB each
+        with ThreadPoolExecutor(max_workers=14) as pool:
+            answers = list(pool.map(lambda i: srv.request("/api/", {**body, "id": f"b{i}"}), range(14)))
+        refused = [payload for status, _, payload in answers if status == 503]
+        assert refused and all("MB of images" in payload["error"] for payload in refused)
+        assert {status for status, _, _ in answers} <= {503, 504}
