@@ -19,7 +19,7 @@ import time
 from . import logs, model_files
 from .http_front import DetectionHTTPServer
 from .metrics import ServerMetrics
-from .worker_pool import WorkerBootError, WorkerPool
+from .worker_pool import WorkerPool
 
 log = logging.getLogger("detserve.server")
 
@@ -164,5 +164,3 @@ def _drain(service, signals):
         log.info("drained: every accepted request was answered")
     return EXIT_OK
 
-
-__all__ = ["run", "DetectionService", "WorkerBootError"]

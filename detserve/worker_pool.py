@@ -56,10 +56,6 @@ class QueueFull(Exception):
     """The request queue is at --queue-size; the caller answers 503."""
 
 
-class WorkerBootError(Exception):
-    """A worker could not load the model: fatal, never retried in a loop."""
-
-
 class PendingRequest:
     """One accepted detection request, waited on by its handler thread."""
 
@@ -140,14 +136,6 @@ class WorkerPool:
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name="detserve-dispatcher", daemon=True)
         self._collector.start()
         self._dispatcher.start()
-
-    def wait_until_ready(self):
-        """Block until every worker has loaded the model; raise WorkerBootError if one cannot."""
-        while not self.all_ready.wait(0.1):
-            if self.fatal.is_set():
-                raise WorkerBootError(self.fatal_error)
-        if self.fatal.is_set():
-            raise WorkerBootError(self.fatal_error)
 
     def stop(self):
         """Stop every worker (one STOP each), kill what does not exit in time. Bounded."""
