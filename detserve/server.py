@@ -15,6 +15,7 @@ import queue
 import signal
 import threading
 import time
+from pathlib import Path
 
 from . import logs, model_files
 from .http_front import DetectionHTTPServer
@@ -90,7 +91,7 @@ def run(config):
     except model_files.ModelFileError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG_ERROR
-    labels = (model_files.Path(config.model_dir) / model_files.NAMES.name).read_text().split("\n")
+    labels = (Path(config.model_dir) / model_files.NAMES.name).read_text().split("\n")
     service = DetectionService(config, [label for label in labels if label.strip()])
     try:
         httpd = DetectionHTTPServer((config.host, config.port), service)
@@ -131,7 +132,7 @@ def _serve(service, signals, started_s):
     while True:
         if not ready_logged and service.pool.all_ready.is_set():
             ready_logged = True
-            log.info("ready: %d workers in %.2f s", service.config.workers, time.monotonic() - started_s)
+            log.info("ready: %d workers in %.2f s", service.config.workers, service.pool.ready_at_s - started_s)
         if service.pool.fatal.is_set():
             log.error("stopping: %s", service.pool.fatal_error)
             return EXIT_WORKER_BOOT_ERROR

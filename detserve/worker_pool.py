@@ -124,6 +124,7 @@ class WorkerPool:
         self._max_queued_bytes = QUEUED_BODIES_BUDGET * config.max_body_bytes
         self._queued_bytes = 0
         self.all_ready = threading.Event()
+        self.ready_at_s = None  # time.monotonic() when every worker was last ready
         self._started = False  # every worker was ready once: later boot failures are retried
         self.fatal_error = None
         self.fatal = threading.Event()
@@ -284,6 +285,7 @@ class WorkerPool:
         log.info("worker %d (pid %d) ready; model loaded in %.2f s",
                  slot.index, message.pid, message.load_time_s)
         if all_ready:
+            self.ready_at_s = time.monotonic()
             self.all_ready.set()
 
     def _complete(self, slot, results):
