@@ -46,7 +46,6 @@ def recommend(per_image_ms):
     # The largest batch that costs no more per image than the best (within noise):
     # taking what is already queued then never makes anything slower.
     max_batch = max(size for size, cost in per_image_ms.items() if cost <= best * (1 + SAME_COST_TOLERANCE))
-    max_batch = max(max_batch, min(per_image_ms))
     worth_waiting = best < single * (1 - WORTH_WAITING_GAIN)
     # Wait at most about one single-image forward: longer than that, a lone request loses more than a batch gains.
     max_wait_ms = round(single) if worth_waiting else 0

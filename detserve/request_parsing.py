@@ -72,8 +72,6 @@ def _parse_json_body(body):
             payload = json.loads(payload)
     except UnicodeDecodeError:
         raise BadRequest(400, "the body is not valid UTF-8 JSON") from None
-    except RecursionError:
-        raise BadRequest(400, "the JSON is nested too deeply") from None
     except ValueError as exc:
         raise BadRequest(400, f"the body is not valid JSON ({exc})") from None
     if not isinstance(payload, dict):
