@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from . import __version__
+from .deadline_reader import DeadlineLineReader
 from .logs import log_access
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .messages import IMAGE_MEDIA_TYPES, JSON_MEDIA_TYPE, MAX_IMAGE_ID_CHARS, error_body
@@ -72,14 +73,17 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
 
     # -- connection and per-request state ------------------------------------------
     def setup(self):
-        self.timeout = self.server.service.config.client_timeout_s  # idle keep-alive and slow headers
+        self.timeout = self.server.service.config.client_timeout_s
         super().setup()
+        self.rfile = DeadlineLineReader(self.rfile, self.connection)
 
     def handle_expect_100(self):
         return True  # 100 Continue is sent by _detect, after its checks, not before them
 
     def handle_one_request(self):
         self.headers = self.path = None  # never a previous request's, if this one fails to parse
+        # An idle keep-alive and the request line and headers share one --client-timeout-s.
+        self.rfile.deadline_s = time.monotonic() + self.timeout
         self._started_s = None  # set when a request line arrives, not while a keep-alive idles
         self._body_read = False
         self._stage_timing_ms = {}  # queue and inference, once a worker has answered
@@ -119,6 +123,8 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
 
     def _route_request(self, method):
         self._started_s = time.perf_counter()
+        self.rfile.deadline_s = None
+        self.connection.settimeout(self.timeout)  # not what was left of the header deadline
         self._request_id = self._pick_request_id()
         try:
             self._dispatch(method)

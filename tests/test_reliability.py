@@ -387,3 +387,24 @@ def test_the_queue_is_bounded_in_bytes_as_well_as_in_requests():
         refused = [payload for status, _, payload in answers if status == 503]
         assert refused and all("MB of images" in payload["error"] for payload in refused)
         assert {status for status, _, _ in answers} <= {503, 504}
+
+
+def test_headers_trickled_in_cannot_outlast_the_client_timeout():
+    with ServerProcess("--workers", "1", "--client-timeout-s", "2") as srv:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+            started = time.monotonic()
+            closed_after_s = None
+            for i in range(10):  # one header line every 0.5 s: each read is quick, the whole is not
+                time.sleep(0.5)
+                try:
+                    sock.sendall(b"X-Slow-%d: 1\r\n" % i)
+                except (BrokenPipeError, ConnectionResetError):
+                    closed_after_s = time.monotonic() - started
+                    break
+            if closed_after_s is None:
+                sock.settimeout(5)
+                assert sock.recv(1024) == b"", "the server answered a request whose headers took 5 s"
+                closed_after_s = time.monotonic() - started
+        assert closed_after_s < 5.5
+        assert post_camera(srv)[0] == 200
