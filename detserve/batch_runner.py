@@ -16,8 +16,7 @@ from .request_parsing import BadRequest, decode_image, parse_body
 
 
 class BatchRunner:
-    def __init__(self, worker_index, detector, busy_flags, config):
-        self.worker_index = worker_index
+    def __init__(self, detector, busy_flags, config):
         self.detector = detector
         self.busy_flags = busy_flags
         self.config = config

@@ -66,7 +66,7 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
     # second small write would otherwise wait for the client's delayed ACK
     # (~40 ms on Linux), more than the whole inference at low load.
     disable_nagle_algorithm = True
-    wbufsize = 64 * 1024  # flushed by http.server after each request
+    wbufsize = 64 * 1024  # coalesces headers and body; _send flushes once per answer
 
     def version_string(self):
         return f"detserve/{__version__}"  # not the Python version: nothing for a scanner to match

@@ -40,7 +40,7 @@ def worker_main(worker_index, task_conn, result_conn, busy_flags, config):
         result_conn.send(WorkerBootFailed(worker_index, reason))
         sys.exit(BOOT_FAILURE_EXIT_CODE)
     result_conn.send(WorkerReady(worker_index, os.getpid(), load_time_s))
-    runner = BatchRunner(worker_index, detector, busy_flags, config)
+    runner = BatchRunner(detector, busy_flags, config)
     stop = False
     while not stop:
         try:
