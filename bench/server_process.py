@@ -14,10 +14,19 @@ READY = re.compile(r"ready: \d+ workers in ([\d.]+) s")
 def worker_pids(server_pid):
     """PIDs of a detserve server's worker processes, read from /proc (Linux)."""
     # A replacement worker is the child of the thread that spawned it: ask every thread.
-    tasks = Path(f"/proc/{server_pid}/task")
-    children = [int(pid) for task in tasks.iterdir() for pid in (task / "children").read_text().split()]
+    children = []
+    for task in Path(f"/proc/{server_pid}/task").iterdir():
+        children.extend(int(pid) for pid in _read_or_empty(task / "children").split())
     # Workers run multiprocessing's spawn_main; the resource tracker does not.
-    return [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    return [pid for pid in children if b"spawn_main" in _read_or_empty(Path(f"/proc/{pid}/cmdline"), binary=True)]
+
+
+def _read_or_empty(path, binary=False):
+    """A /proc file, or empty if its thread or process ended since it was listed."""
+    try:
+        return path.read_bytes() if binary else path.read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return b"" if binary else ""
 
 
 class ServerUnderTest:
