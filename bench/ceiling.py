@@ -39,7 +39,7 @@ def _pipeline(detector, body, max_pixels=40_000_000):
     """Exactly what a worker does for one request, minus the pipes."""
     import json
 
-    from detserve.request_parsing import decode_image, parse_body
+    from detserve.worker.request_parsing import decode_image, parse_body
 
     request = parse_body(body, "application/json")
     image = decode_image(request, max_pixels)
@@ -50,7 +50,7 @@ def _pipeline(detector, body, max_pixels=40_000_000):
 def _load_detector(model_dir, threads):
     import cv2
 
-    from detserve.detector import Detector
+    from detserve.worker.detector import Detector
 
     cv2.setNumThreads(threads)
     detector = Detector(model_dir)
@@ -114,7 +114,7 @@ def measure_single_image_latency(bodies, model_dir, threads, rounds=5):
 
 
 def measure(folder, model_dir, processes=None, duration_s=10.0, rounds=5):
-    from detserve.cpu_budget import available_cpus
+    from detserve.worker.cpu_budget import available_cpus
 
     cpus = available_cpus()
     processes = processes or cpus

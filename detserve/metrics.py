@@ -7,14 +7,16 @@ process (and survives a worker's restart).
 
 import math
 import threading
+from dataclasses import dataclass
+
+from .protocol import RejectReason
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-# Exported at 0 from the start, so rate() and alerts see a series before the first refusal.
-REJECT_REASONS = ("overload", "deadline", "bad_input", "draining", "worker_died", "worker_stuck",
-                  "unauthorized", "inference_error", "internal_error")
+# Every RejectReason is exported at 0 from the start, so rate() and alerts see a
+# series before the first refusal.
 
 
 def _format_value(value):
@@ -72,7 +74,7 @@ class Counter(_Metric):
         with self._lock:
             return self._values.get(labels, 0.0)
 
-    def samples(self):
+    def samples(self, readings=None):
         with self._lock:
             items = sorted(self._values.items())
         if not items and not self.labelnames:
@@ -81,7 +83,7 @@ class Counter(_Metric):
 
 
 class Gauge(_Metric):
-    """A gauge read when scraped, from a function returning {label values: value}."""
+    """A gauge read when scraped: read(readings) returns {label values: value} or one value."""
 
     kind = "gauge"
 
@@ -89,8 +91,8 @@ class Gauge(_Metric):
         super().__init__(name, help_text, labelnames)
         self._read = read
 
-    def samples(self):
-        values = self._read()
+    def samples(self, readings=None):
+        values = self._read(readings)
         if not isinstance(values, dict):
             values = {(): values}
         return [f"{self.name}{_label_text(self.labelnames, labels)} {_format_value(float(v))}"
@@ -119,7 +121,7 @@ class Histogram(_Metric):
             series[1] += value
             series[2] += 1
 
-    def samples(self):
+    def samples(self, readings=None):
         with self._lock:
             snapshot = sorted((labels, (list(c), s, n)) for labels, (c, s, n) in self._series.items())
         if not snapshot and not self.labelnames:
@@ -136,6 +138,16 @@ class Histogram(_Metric):
         return lines
 
 
+@dataclass(frozen=True)
+class GaugeReadings:
+    """The values only the pool and the front end know, read at scrape time."""
+
+    queue_depth: int
+    in_flight: int
+    workers_ready: int
+    model_load_s: dict  # {(worker index,): seconds}
+
+
 class Registry:
     def __init__(self):
         self._metrics = []
@@ -144,18 +156,19 @@ class Registry:
         self._metrics.append(metric)
         return metric
 
-    def render(self):
+    def render(self, readings=None):
+        """The exposition text; readings is what the gauges read."""
         lines = []
         for metric in self._metrics:
             lines.extend(metric.header())
-            lines.extend(metric.samples())
+            lines.extend(metric.samples(readings))
         return "\n".join(lines) + "\n"
 
 
 class ServerMetrics:
     """Every metric detserve exposes, in one place."""
 
-    def __init__(self, labels, read_queue_depth, read_in_flight, read_workers_ready, read_model_load_s, workers):
+    def __init__(self, labels, workers):
         r = self.registry = Registry()
         self.requests = r.add(Counter(
             "detserve_http_requests_total", "HTTP requests answered, by route and status code.",
@@ -177,17 +190,34 @@ class ServerMetrics:
             initial_labels=[(label,) for label in labels]))
         self.rejections = r.add(Counter(
             "detserve_rejected_requests_total",
-            f"Detection requests refused, by reason ({', '.join(REJECT_REASONS)}).",
-            ("reason",), initial_labels=[(reason,) for reason in REJECT_REASONS]))
+            f"Detection requests refused, by reason ({', '.join(reason.value for reason in RejectReason)}).",
+            ("reason",), initial_labels=[(reason.value,) for reason in RejectReason]))
         self.worker_restarts = r.add(Counter(
             "detserve_worker_restarts_total", "Worker processes replaced after dying or hanging."))
-        r.add(Gauge("detserve_queue_depth", "Requests waiting for a worker.", read_queue_depth))
+        r.add(Gauge("detserve_queue_depth", "Requests waiting for a worker.", lambda g: g.queue_depth))
         r.add(Gauge("detserve_in_flight_requests", "Detection requests accepted and not yet answered.",
-                    read_in_flight))
-        r.add(Gauge("detserve_workers", "Worker processes configured.", lambda: workers))
-        r.add(Gauge("detserve_workers_ready", "Worker processes with the model loaded.", read_workers_ready))
+                    lambda g: g.in_flight))
+        r.add(Gauge("detserve_workers", "Worker processes configured.", lambda g: workers))
+        r.add(Gauge("detserve_workers_ready", "Worker processes with the model loaded.", lambda g: g.workers_ready))
         r.add(Gauge("detserve_model_load_seconds", "Time the worker in each slot took to load the model.",
-                    read_model_load_s, ("worker",)))
+                    lambda g: g.model_load_s, ("worker",)))
 
-    def render(self):
-        return self.registry.render()
+    def reject(self, reason):
+        self.rejections.inc(reason.value)
+
+    def record_results(self, results):
+        """Count one batch's answers as a worker reported them."""
+        batch = [r for r in results if r.batch_size]
+        if batch:
+            self.batch_size.observe(batch[0].batch_size)
+            self.inference.observe(batch[0].inference_s)
+        for result in results:
+            self.queue_wait.observe(result.queue_wait_s)
+            if result.status == 200:
+                self.images.inc()
+                for label in result.labels:
+                    self.detections.inc(label)
+
+    def render(self, readings):
+        """The exposition text; readings is a GaugeReadings taken just now."""
+        return self.registry.render(readings)

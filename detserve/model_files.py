@@ -53,6 +53,12 @@ ALL_FILES = (CONFIG, NAMES, WEIGHTS)
 FETCH_HINT = "run `make models` (or `python -m detserve.model_files`) to fetch and verify them"
 
 
+def read_labels(model_dir):
+    """The model's class labels, one per line of coco.names, in class-id order."""
+    text = (Path(model_dir) / NAMES.name).read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 class ModelFileError(Exception):
     """A model file is missing or is not the file it claims to be."""
 

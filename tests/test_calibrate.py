@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from conftest import REPO_ROOT
-from detserve.calibrate import recommend
+from detserve.worker.calibration import recommend
 
 
 def test_calibration_prints_a_table_and_flags_it_measured():

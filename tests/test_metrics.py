@@ -341,7 +341,7 @@ def test_exposition_escapes_label_values_and_help_and_round_trips():
     counter.inc(tricky, amount=2)
     counter.inc("plain")
     registry.add(exposition.Gauge("t_level", "A gauge.",
-                                          lambda: {(tricky,): math.nan, ("up",): math.inf}, ("what",)))
+                                          lambda readings: {(tricky,): math.nan, ("up",): math.inf}, ("what",)))
     histogram = registry.add(exposition.Histogram("t_size_bytes", "A histogram.", (1, 10), ("what",)))
     for value in (0.5, 1, 10, 11, math.nan):  # a bound is inclusive; NaN lands in +Inf only
         histogram.observe(value, tricky)

@@ -9,7 +9,7 @@ sent, so it can never land in the middle of a body.
 import queue
 import threading
 
-from .messages import STOP_MESSAGE
+from ..protocol import STOP_MESSAGE
 
 _CLOSE = object()
 

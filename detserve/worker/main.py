@@ -1,10 +1,10 @@
-"""One worker process: load the model once, then batch, detect and answer until told to stop.
+"""One worker process: load the model once, then collect, run and answer batches until told to stop.
 
 The worker owns no HTTP: it reads (TaskHeader, body) pairs from its task pipe
-and writes lists of Result to its result pipe. This module imports nothing
-heavy at the top, so the front end can name worker_main without loading
-OpenCV itself; the worker imports it inside the boot step, where a failure
-is reported as a boot failure.
+and writes lists of Result to its result pipe. Importing this module loads
+nothing heavy, so the front end can hand worker_main to the pool; OpenCV is
+imported in the boot step, where a broken install or a model that cannot
+load is reported to the pool as a boot failure.
 """
 
 import os
@@ -12,10 +12,8 @@ import signal
 import sys
 import time
 
-from .batching import collect_batch
-from .messages import WorkerBootFailed, WorkerReady
-
-BOOT_FAILURE_EXIT_CODE = 3
+from ..protocol import ExitCode, WorkerBootFailed, WorkerReady
+from .batch_collection import collect_batch
 
 
 def worker_main(worker_index, task_conn, result_conn, busy_flags, config):
@@ -23,6 +21,26 @@ def worker_main(worker_index, task_conn, result_conn, busy_flags, config):
     # reaches the whole process group and must not kill accepted work.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    runner = _boot(worker_index, result_conn, busy_flags, config)
+    stop = False
+    while not stop:
+        try:
+            tasks, stop = collect_batch(task_conn, config.max_batch, config.max_wait_s)
+        except (EOFError, OSError):
+            return
+        if not tasks:
+            continue
+        # Busy from a batch's start until the pipe is empty, not just during the
+        # forward pass: a worker between two batches still has work, and a
+        # neighbour that counted it idle would take both CPUs and oversubscribe.
+        busy_flags.mark_busy(worker_index)
+        result_conn.send(runner.run(tasks))
+        if not task_conn.poll(0):
+            busy_flags.mark_idle(worker_index)
+
+
+def _boot(worker_index, result_conn, busy_flags, config):
+    """Load the model and report ready; on any failure report it and exit."""
     # OpenCV's own pixel limit, read when cv2 is first imported: a second guard
     # behind the header check, applied to the frame size libjpeg/libpng really read.
     os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(config.max_pixels)
@@ -38,21 +56,6 @@ def worker_main(worker_index, task_conn, result_conn, busy_flags, config):
     except BaseException as exc:  # a model that cannot load is fatal for the server, not a respawn loop
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # OpenCV's messages span lines
         result_conn.send(WorkerBootFailed(worker_index, reason))
-        sys.exit(BOOT_FAILURE_EXIT_CODE)
+        sys.exit(ExitCode.WORKER_BOOT_ERROR)
     result_conn.send(WorkerReady(worker_index, os.getpid(), load_time_s))
-    runner = BatchRunner(detector, busy_flags, config)
-    stop = False
-    while not stop:
-        try:
-            tasks, stop = collect_batch(task_conn, config.max_batch, config.max_wait_s)
-        except (EOFError, OSError):
-            return
-        if not tasks:
-            continue
-        # Busy from a batch's start until the pipe is empty, not just during the
-        # forward pass: a worker between two batches still has work, and a
-        # neighbour that counted it idle would take both CPUs and oversubscribe.
-        busy_flags[worker_index] = 1
-        result_conn.send(runner.run(tasks))
-        if not task_conn.poll(0):
-            busy_flags[worker_index] = 0
+    return BatchRunner(detector, busy_flags, config)

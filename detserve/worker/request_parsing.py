@@ -5,7 +5,7 @@ Accepted bodies, because real clients send all of them:
 - the same object double-encoded as a JSON string (the original template client);
 - a data-URL prefix on the base64 (``data:image/jpeg;base64,...``);
 - a raw JPEG or PNG body (``Content-Type: image/jpeg`` or ``image/png``).
-Every failure raises BadRequest with a status and a message a user can act on.
+Every failure raises a Refusal with a status and a message a user can act on.
 """
 
 import base64
@@ -18,19 +18,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..protocol import IMAGE_MEDIA_TYPES, MAX_IMAGE_ID_CHARS, Refusal
 from .image_header import ImageHeaderError, read_header
-from .messages import IMAGE_MEDIA_TYPES, MAX_IMAGE_ID_CHARS
 
 WHITESPACE = re.compile(rb"\s+")
 MAX_JSON_STRUCTURE = 64  # '{', '[' and ',' in a body; a valid one has a handful
-
-
-class BadRequest(Exception):
-    def __init__(self, status, message, image_id=None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.image_id = image_id
 
 
 @dataclass(frozen=True)
@@ -40,20 +32,20 @@ class ImageRequest:
 
 
 def check_image_id(image_id):
-    """Return image_id if it is an acceptable id, else raise BadRequest."""
+    """Return image_id if it is an acceptable id, else raise Refusal."""
     if not isinstance(image_id, str):
-        raise BadRequest(400, f'"id" must be a string, not {type(image_id).__name__}')
+        raise Refusal(400, f'"id" must be a string, not {type(image_id).__name__}')
     if len(image_id) > MAX_IMAGE_ID_CHARS:
-        raise BadRequest(400, f'"id" is longer than {MAX_IMAGE_ID_CHARS} characters')
+        raise Refusal(400, f'"id" is longer than {MAX_IMAGE_ID_CHARS} characters')
     return image_id
 
 
 def parse_body(body, media_type, query_image_id=None):
-    """Return the ImageRequest a body carries, or raise BadRequest."""
+    """Return the ImageRequest a body carries, or raise Refusal."""
     if media_type in IMAGE_MEDIA_TYPES:
         image_id = check_image_id(query_image_id) if query_image_id is not None else str(uuid.uuid4())
         if not body:
-            raise BadRequest(400, "the request body is empty; send the image bytes", image_id)
+            raise Refusal(400, "the request body is empty; send the image bytes", image_id=image_id)
         return ImageRequest(image_id, bytes(body))
     return _parse_json_body(body)
 
@@ -64,27 +56,27 @@ def _parse_json_body(body):
     # count them first, in C, and refuse anything shaped otherwise.
     structure = body.count(b"{") + body.count(b"[") + body.count(b",")
     if structure > MAX_JSON_STRUCTURE:
-        raise BadRequest(400, f'the JSON has {structure:,} objects, arrays or commas; expected '
+        raise Refusal(400, f'the JSON has {structure:,} objects, arrays or commas; expected '
                               '{"id": "...", "image": "<base64>"}')
     try:
         payload = json.loads(body)
         if isinstance(payload, str):  # double-encoded: a JSON string holding the object
             payload = json.loads(payload)
     except UnicodeDecodeError:
-        raise BadRequest(400, "the body is not valid UTF-8 JSON") from None
+        raise Refusal(400, "the body is not valid UTF-8 JSON") from None
     except ValueError as exc:
-        raise BadRequest(400, f"the body is not valid JSON ({exc})") from None
+        raise Refusal(400, f"the body is not valid JSON ({exc})") from None
     if not isinstance(payload, dict):
-        raise BadRequest(400, 'the JSON body must be an object {"id": ..., "image": ...}')
+        raise Refusal(400, 'the JSON body must be an object {"id": ..., "image": ...}')
     if "id" not in payload:
-        raise BadRequest(400, 'the JSON body has no "id" field')
+        raise Refusal(400, 'the JSON body has no "id" field')
     image_id = check_image_id(payload["id"])
     image = payload.get("image")
     if image is None:
-        raise BadRequest(400, 'the JSON body has no "image" field (base64 of a JPEG or PNG)', image_id)
+        raise Refusal(400, 'the JSON body has no "image" field (base64 of a JPEG or PNG)', image_id=image_id)
     if not isinstance(image, str):
-        raise BadRequest(400, f'"image" must be a base64 string, not {type(image).__name__}', image_id)
-    return ImageRequest(image_id, decode_base64(image, image_id))
+        raise Refusal(400, f'"image" must be a base64 string, not {type(image).__name__}', image_id=image_id)
+    return ImageRequest(image_id, decode_base64(image, image_id=image_id))
 
 
 def decode_base64(text, image_id=None):
@@ -92,11 +84,11 @@ def decode_base64(text, image_id=None):
     if text.startswith("data:"):
         prefix, _, text = text.partition(",")
         if not prefix.endswith(";base64"):
-            raise BadRequest(400, "the data URL is not base64-encoded (expected ';base64,')", image_id)
+            raise Refusal(400, "the data URL is not base64-encoded (expected ';base64,')", image_id=image_id)
     try:
         raw = text.encode("ascii")
     except UnicodeEncodeError:
-        raise BadRequest(400, '"image" is not valid base64 (it has non-ASCII characters)', image_id) from None
+        raise Refusal(400, '"image" is not valid base64 (it has non-ASCII characters)', image_id=image_id) from None
     try:
         decoded = base64.b64decode(raw, validate=True)
     except binascii.Error:
@@ -106,9 +98,9 @@ def decode_base64(text, image_id=None):
         try:
             decoded = base64.b64decode(cleaned, validate=True)
         except binascii.Error:
-            raise BadRequest(400, '"image" is not valid base64', image_id) from None
+            raise Refusal(400, '"image" is not valid base64', image_id=image_id) from None
     if not decoded:
-        raise BadRequest(400, '"image" is empty', image_id)
+        raise Refusal(400, '"image" is empty', image_id=image_id)
     return decoded
 
 
@@ -117,16 +109,16 @@ def decode_image(request, max_pixels):
     try:
         header = read_header(request.image_bytes)
     except ImageHeaderError as exc:
-        raise BadRequest(400, f"not a usable image: {exc}", request.image_id) from None
+        raise Refusal(400, f"not a usable image: {exc}", image_id=request.image_id) from None
     if header.pixels > max_pixels:
-        raise BadRequest(
+        raise Refusal(
             413, f"the image is {header.width}x{header.height} pixels, more than the "
-                 f"{max_pixels:,}-pixel limit; resize it", request.image_id)
+                 f"{max_pixels:,}-pixel limit; resize it", image_id=request.image_id)
     buffer = np.frombuffer(request.image_bytes, np.uint8)
     try:
         image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     except cv2.error:
         image = None
     if image is None:
-        raise BadRequest(400, f"the {header.format} could not be decoded (corrupt data)", request.image_id)
+        raise Refusal(400, f"the {header.format} could not be decoded (corrupt data)", image_id=request.image_id)
     return image

@@ -1,10 +1,10 @@
-"""Micro-batching: wait for the first task, then take more until the batch is full
+"""Batch collection: wait for the first task, then take more until the batch is full
 or max_wait has passed since the first one arrived.
 """
 
 import time
 
-from .messages import STOP, decode_task_header
+from ..protocol import STOP, decode_task_header
 
 
 def collect_batch(task_conn, max_batch, max_wait_s):

@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import model_files
+from .. import model_files
 
 INPUT_SIZE_PX = 416
 PIXEL_SCALE = 1 / 255.0
@@ -38,7 +38,7 @@ class Detector:
         self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
         self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
         self.output_names = self.net.getUnconnectedOutLayersNames()
-        self.labels = (model_dir / model_files.NAMES.name).read_text().strip().splitlines()
+        self.labels = model_files.read_labels(model_dir)
         self.confidence_threshold = confidence_threshold
         self.nms_threshold = nms_threshold
 
