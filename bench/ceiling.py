@@ -43,7 +43,7 @@ def _pipeline(detector, body, max_pixels=40_000_000):
 
     request = parse_body(body, "application/json")
     image = decode_image(request, max_pixels)
-    detections = detector.detect_batch([image])[0]
+    detections = detector.detect_batch([image.pixels], [image.original_size_px])[0]
     return json.dumps({"id": request.image_id, "detections": [d.as_json() for d in detections]})
 
 

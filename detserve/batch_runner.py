@@ -36,7 +36,7 @@ class BatchRunner:
                 continue
             try:
                 request = parse_body(body, header.media_type, header.query_image_id)
-                images.append(decode_image(request, self.config.max_pixels))
+                images.append(decode_image(request, self.config.max_pixels, self.config.decode_reduction))
                 accepted.append((header, request.image_id, queue_wait_s))
                 continue
             except BadRequest as exc:
@@ -55,7 +55,8 @@ class BatchRunner:
             cv2.setNumThreads(cpu_budget.threads_for_batch(
                 self.cpus, sum(self.busy_flags), self.config.cv_threads))
             started = time.perf_counter()
-            per_image = self.detector.detect_batch(images)
+            per_image = self.detector.detect_batch([image.pixels for image in images],
+                                                   [image.original_size_px for image in images])
             inference_s = time.perf_counter() - started
         except Exception as exc:  # every request of a failed batch gets the error
             traceback.print_exc()
