@@ -39,11 +39,12 @@ def _pipeline(detector, body, max_pixels=40_000_000):
     """Exactly what a worker does for one request, minus the pipes."""
     import json
 
-    from detserve.worker.request_parsing import decode_image, parse_body
+    from detserve.worker.image_decoding import decode_image
+    from detserve.worker.request_parsing import parse_body
 
     request = parse_body(body, "application/json")
     image = decode_image(request, max_pixels)
-    detections = detector.detect_batch([image])[0]
+    detections = detector.detect_batch([image.pixels], [image.original_size_px])[0]
     return json.dumps({"id": request.image_id, "detections": [d.as_json() for d in detections]})
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from .model_files import DEFAULT_MODEL_DIR
 
 ENV_PREFIX = "DETSERVE_"
+# auto: reduced-scale decoding of large JPEGs (worker/image_decoding.jpeg_reduction); off: exact reproduction.
+DECODE_REDUCTION_CHOICES = ("auto", "off")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class Config:
     client_timeout_s: float = 10.0
     max_body_mb: float = 20.0
     max_pixels: int = 40_000_000
+    decode_reduction: str = "auto"
     confidence: float = 0.3
     nms: float = 0.1
     model_dir: str = str(DEFAULT_MODEL_DIR)
@@ -64,6 +67,8 @@ HELP = {
     "client_timeout_s": "idle or slow client connections are closed after this",
     "max_body_mb": "largest request body accepted (413 above it)",
     "max_pixels": "largest image accepted, width x height (413 above it), checked before decoding",
+    "decode_reduction": "auto: decode a large JPEG at 1/2, 1/4 or 1/8 scale while both sides stay >= 832 px "
+                        "(boxes stay in the original's pixels); off: always decode in full",
     "confidence": "confidence threshold for a detection",
     "nms": "non-maximum suppression IoU threshold",
     "model_dir": "folder with yolov3-tiny.cfg, yolov3-tiny.weights and coco.names",
@@ -91,6 +96,8 @@ def build_parser():
                   "help": f"{HELP[field.name]} (env {ENV_PREFIX}{field.name.upper()}, default %(default)s)"}
         if field.name == "log_format":
             kwargs["choices"] = ("text", "json")
+        if field.name == "decode_reduction":
+            kwargs["choices"] = DECODE_REDUCTION_CHOICES
         parser.add_argument(flag, **kwargs)
     parser.add_argument(
         "--api-key-file", default=_env_default("api_key_file", None),

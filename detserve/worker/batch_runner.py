@@ -12,7 +12,8 @@ import cv2
 
 from . import cpu_budget
 from ..protocol import RejectReason, Refusal, Result, past_deadline
-from .request_parsing import decode_image, parse_body
+from .image_decoding import decode_image
+from .request_parsing import parse_body
 
 
 
@@ -53,7 +54,7 @@ class BatchRunner:
             raise past_deadline()
         try:
             request = parse_body(body, header.media_type, header.query_image_id)
-            return request.image_id, decode_image(request, self.config.max_pixels)
+            return request.image_id, decode_image(request, self.config.max_pixels, self.config.decode_reduction)
         except MemoryError:  # one oversized request must not take the worker (and its neighbours) down
             raise out_of_memory() from None
 
@@ -62,7 +63,8 @@ class BatchRunner:
             cv2.setNumThreads(cpu_budget.threads_for_batch(
                 self.cpus, self.busy_flags.busy_count(), self.config.cv_threads))
             started = time.perf_counter()
-            per_image = self.detector.detect_batch(images)
+            per_image = self.detector.detect_batch([image.pixels for image in images],
+                                                   [image.original_size_px for image in images])
             inference_s = time.perf_counter() - started
         except Exception as exc:  # every request of a failed batch gets the error
             traceback.print_exc()

@@ -46,8 +46,16 @@ class Detector:
         """Run one forward pass so the first request does not pay for buffer allocation."""
         self.detect_batch([np.zeros((INPUT_SIZE_PX, INPUT_SIZE_PX, 3), np.uint8)])
 
-    def detect_batch(self, images):
-        """Return one list of Detection per BGR image, in order; one forward pass for all."""
+    def detect_batch(self, images, original_sizes_px=None):
+        """Return one list of Detection per BGR image, in order; one forward pass for all.
+
+        original_sizes_px: (width, height) per image to give boxes in, when an image was
+        decoded reduced; by default each image's own size.
+        """
+        if original_sizes_px is None:
+            original_sizes_px = [(image.shape[1], image.shape[0]) for image in images]
+        if len(original_sizes_px) != len(images):
+            raise ValueError(f"{len(images)} images but {len(original_sizes_px)} original sizes")
         blob = cv2.dnn.blobFromImages(
             images, PIXEL_SCALE, (INPUT_SIZE_PX, INPUT_SIZE_PX), swapRB=True, crop=False)
         self.net.setInput(blob)
@@ -55,13 +63,17 @@ class Detector:
         # A batch of one comes back 2-D (rows, 85); larger batches are 3-D (batch, rows, 85).
         per_layer = [out.reshape(len(images), -1, out.shape[-1]) for out in outputs]
         return [
-            self.postprocess(np.concatenate([layer[i] for layer in per_layer]), image.shape)
-            for i, image in enumerate(images)
+            self.postprocess(np.concatenate([layer[i] for layer in per_layer]), size_px)
+            for i, size_px in enumerate(original_sizes_px)
         ]
 
-    def postprocess(self, rows, image_shape):
-        """Rows of (cx, cy, w, h, objectness, class scores...) -> NMS-filtered detections."""
-        height, width = image_shape[:2]
+    def postprocess(self, rows, image_size_px):
+        """Rows of (cx, cy, w, h, objectness, class scores...) -> NMS-filtered detections.
+
+        The rows' coordinates are fractions of the image, so scaling them by the original
+        (width, height) gives boxes in the original's pixels even for a reduced decode.
+        """
+        width, height = image_size_px
         class_scores = rows[:, 5:]
         class_ids = class_scores.argmax(axis=1)
         confidences = class_scores[np.arange(len(rows)), class_ids]

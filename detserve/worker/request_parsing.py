@@ -1,4 +1,4 @@
-"""Turn a raw request body into an image id and a decoded image (runs in the workers).
+"""Turn a raw request body into an image id and the image's encoded bytes (runs in the workers).
 
 Accepted bodies, because real clients send all of them:
 - JSON ``{"id": "...", "image": "<base64>"}``;
@@ -15,11 +15,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
-import cv2
-import numpy as np
-
 from ..protocol import IMAGE_MEDIA_TYPES, MAX_IMAGE_ID_CHARS, Refusal
-from .image_header import ImageHeaderError, read_header
 
 WHITESPACE = re.compile(rb"\s+")
 MAX_JSON_STRUCTURE = 64  # '{', '[' and ',' in a body; a valid one has a handful
@@ -102,23 +98,3 @@ def decode_base64(text, image_id=None):
     if not decoded:
         raise Refusal(400, '"image" is empty', image_id=image_id)
     return decoded
-
-
-def decode_image(request, max_pixels):
-    """Decode the request's bytes to a BGR image, refusing bombs before allocating them."""
-    try:
-        header = read_header(request.image_bytes)
-    except ImageHeaderError as exc:
-        raise Refusal(400, f"not a usable image: {exc}", image_id=request.image_id) from None
-    if header.pixels > max_pixels:
-        raise Refusal(
-            413, f"the image is {header.width}x{header.height} pixels, more than the "
-                 f"{max_pixels:,}-pixel limit; resize it", image_id=request.image_id)
-    buffer = np.frombuffer(request.image_bytes, np.uint8)
-    try:
-        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
-    except cv2.error:
-        image = None
-    if image is None:
-        raise Refusal(400, f"the {header.format} could not be decoded (corrupt data)", image_id=request.image_id)
-    return image
