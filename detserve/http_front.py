@@ -17,7 +17,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from . import __version__
+from . import __version__, page
 from .deadline_reader import DeadlineLineReader
 from .logs import log_access
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -148,6 +148,11 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
             if method in ("GET", "HEAD"):
                 return getattr(self, "_get_" + (path.strip("/") or "root"))()
             return self._refuse_method("GET, HEAD")
+        if path.startswith(page.ASSET_PREFIX):
+            self._route = page.ASSET_PREFIX  # one metrics label for every asset, known or not
+            if method not in ("GET", "HEAD"):
+                return self._refuse_method("GET, HEAD")
+            return self._send_asset(page.find_asset(path), path)
         self._send_error(404, f"no such path {path!r}; the API is POST /api/")
 
     def _refuse_method(self, allowed):
@@ -160,7 +165,15 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
 
     # -- GET routes -----------------------------------------------------------------------------
     def _get_root(self):
-        self._send(200, WELCOME_TEXT.encode(), "text/plain; charset=utf-8")
+        if page.wants_html(self.headers.get("Accept")):
+            return self._send_asset(page.index(), "/")
+        # Vary: a cache must not hand the page to curl, or this text to a browser.
+        self._send(200, WELCOME_TEXT.encode(), "text/plain; charset=utf-8", headers={"Vary": "Accept"})
+
+    def _send_asset(self, asset, path):
+        if asset is None:
+            return self._send_error(404, f"no such page asset {path!r}")
+        self._send(200, asset.body, asset.content_type, headers=asset.headers)
 
     def _get_healthz(self):
         service = self.server.service

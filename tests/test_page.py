@@ -1,0 +1,329 @@
+"""The web page at `/`: served by detserve itself, driven in a real headless Chromium.
+
+The browser tests run Debian's Chromium through Playwright against a real
+server with the real model, and save screenshots of each state to
+test-artifacts/page/. Without Chromium or Playwright they are skipped with a
+reason that says how to enable them; the HTTP tests above them always run.
+"""
+
+import http.client
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from conftest import INPUT_FOLDER, REPO_ROOT, ServerProcess, http_request
+from detserve import page as page_assets
+from detserve.http_front import WELCOME_TEXT
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # the browser tests say how to get it
+    sync_playwright = None
+
+CHROMIUM = Path("/usr/bin/chromium")
+ENABLE_HINT = "apt-get install -y chromium, and pip install -e '.[test]' for Playwright"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = REPO_ROOT / "test-artifacts" / "page"
+CAMERA = INPUT_FOLDER / "camera.jpg"
+CHROME_ACCEPT = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
+                 "image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7")
+API_KEY = "page-test-key"
+WAIT_MS = 30_000
+
+
+# -- HTTP: what / and /page/ answer ------------------------------------------------------------
+
+@pytest.mark.parametrize("accept, html", [
+    (CHROME_ACCEPT, True),
+    ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", True),  # Firefox
+    ("TEXT/HTML", True),
+    ("*/*", False),  # curl
+    (None, False),
+    ("", False),
+    ("application/json", False),
+    ("text/html;q=0, */*", False),
+    ("text/html;q=nonsense", False),
+    ("text/htmlx, */*", False),
+])
+def test_wants_html_only_when_accept_names_html(accept, html):
+    assert page_assets.wants_html(accept) is html
+
+
+def test_root_is_the_page_for_browsers_and_the_welcome_text_for_everyone_else(server):
+    status, headers, body = server.request("/", headers={"Accept": CHROME_ACCEPT})
+    assert status == 200
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    assert '<script src="/page/page.js"' in body
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+    assert headers["Vary"] == "Accept"
+    for accept in ("*/*", None, "application/json"):
+        status, headers, body = server.request("/", headers={"Accept": accept} if accept else {})
+        assert (status, headers["Content-Type"], body) == (200, "text/plain; charset=utf-8", WELCOME_TEXT)
+
+
+def test_page_assets_come_from_a_fixed_table(server):
+    for name, (_, content_type) in page_assets.ASSETS.items():
+        status, headers, _ = server.request(page_assets.ASSET_PREFIX + name)
+        assert (status, headers["Content-Type"]) == (200, content_type), name
+    total_bytes = sum(len(page_assets.find_asset(page_assets.ASSET_PREFIX + name).body)
+                      for name in page_assets.ASSETS) + len(page_assets.index().body)
+    assert total_bytes < 200_000, "the page and its samples stay small"
+    status, _, payload = server.request("/page/nope.js")
+    assert status == 404 and "no such page asset" in payload["error"]
+    assert server.request("/page/page.js", body=b"x", method="POST",
+                          headers={"Content-Type": "text/plain"})[0] == 405
+
+
+@pytest.mark.parametrize("path", ["/page/../setup.cfg", "/page/..%2f__init__.py", "/page/%2e%2e/http_front.py",
+                                  "/page//etc/passwd", "/page/samples/../../__init__.py", "/page/__init__.py"])
+def test_no_path_reaches_another_file(server, path):
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        connection.request("GET", path)  # sent as is: no client-side normalisation of ..
+        response = connection.getresponse()
+        assert response.status == 404, path
+        assert response.getheader("Content-Type") == "application/json"
+        response.read()
+    finally:
+        connection.close()
+
+
+# -- the browser ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def browser():
+    if sync_playwright is None:
+        pytest.skip(f"browser tests need Playwright for Python: {ENABLE_HINT}")
+    if not CHROMIUM.exists():
+        pytest.skip(f"browser tests need Debian's Chromium at {CHROMIUM}: {ENABLE_HINT}")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+class PageSession:
+    """One tab on the page, with every request it made and every script error or CSP refusal."""
+
+    def __init__(self, browser, base_url, viewport=None):
+        self.context = browser.new_context(viewport=viewport or {"width": 1280, "height": 900})
+        self.tab = self.context.new_page()
+        self.requests = []
+        self.problems = []
+        self.tab.on("request", lambda request: self.requests.append(request))
+        self.tab.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
+        # A fetch answered 4xx is logged too; only what points at a broken page counts.
+        self.tab.on("console", lambda message: self.problems.append(message.text)
+                    if "Refused to" in message.text or "Uncaught" in message.text else None)
+        self.tab.goto(base_url + "/")
+
+    def upload(self, path):
+        self.tab.set_input_files("#file", str(path))
+        return self.wait_for_rows()
+
+    def wait_for_rows(self):
+        self.tab.wait_for_selector("#overlay[data-drawn]", state="attached", timeout=WAIT_MS)
+        return self.rows()
+
+    def rows(self):
+        return self.tab.eval_on_selector_all(
+            "#detections tbody tr[data-label]",
+            "rows => rows.map(r => [r.dataset.label, Number(r.dataset.confidence)])")
+
+    def drawn_count(self):
+        return int(self.tab.get_attribute("#overlay", "data-drawn"))
+
+    def class_counts(self):
+        return self.tab.eval_on_selector_all(
+            "#classes label[data-label]",
+            "labels => Object.fromEntries(labels.map(l => [l.dataset.label, Number(l.dataset.count)]))")
+
+    def message(self):
+        box = self.tab.locator("#message")
+        box.wait_for(state="visible", timeout=WAIT_MS)
+        return box.inner_text()
+
+    def screenshot(self, name, full_page=False):
+        self.tab.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
+
+    def close(self):
+        self.context.close()
+        assert not self.problems, self.problems
+
+
+@pytest.fixture
+def session(browser, server):
+    opened = PageSession(browser, server.url)
+    yield opened
+    opened.close()
+
+
+def api_detections(server, path, headers=None):
+    status, _, payload = server.request("/api/?id=reference", body=path.read_bytes(), method="POST",
+                                        headers={"Content-Type": "image/jpeg", **(headers or {})})
+    assert status == 200, payload
+    return payload["detections"]
+
+
+def as_multiset(detections):
+    return sorted((label, round(confidence, 6)) for label, confidence in detections)
+
+
+def test_an_uploaded_image_shows_the_detections_the_api_returns(server, session):
+    rows = session.upload(CAMERA)
+    session.screenshot("upload-camera")
+    expected = api_detections(server, CAMERA)
+    assert expected, "camera.jpg must have detections for this test to mean anything"
+    assert as_multiset(rows) == as_multiset((d["label"], d["confidence"]) for d in expected)
+    assert session.drawn_count() == len(expected)
+    # The strongest box is drawn where its bbox lands on the scaled image: the middle
+    # of its top edge holds a painted pixel.
+    strongest = max(expected, key=lambda d: d["confidence"])
+    alpha = session.tab.evaluate("""([x, y, w]) => {
+        const img = document.getElementById('image'), canvas = document.getElementById('overlay');
+        const sx = img.clientWidth / img.naturalWidth, sy = img.clientHeight / img.naturalHeight;
+        const ratio = canvas.width / img.clientWidth;
+        const px = Math.round((x + w / 2) * sx * ratio), py = Math.round((y + 1) * sy * ratio);
+        return canvas.getContext('2d').getImageData(px, py, 1, 1).data[3];
+    }""", strongest["bbox"])
+    assert alpha > 0, "no box drawn at the strongest detection's top edge"
+    assert session.tab.inner_text("#request-id") not in ("", "–")
+    for stage in ("#t-queue", "#t-inference", "#t-total", "#t-roundtrip"):
+        assert session.tab.inner_text(stage).endswith(" ms"), stage
+    assert '"detections"' in session.tab.text_content("#json")
+
+
+def test_the_slider_hides_a_weaker_detection_and_updates_the_count(session):
+    rows = session.upload(CAMERA)
+    confidences = sorted(confidence for _, confidence in rows)
+    assert len(confidences) >= 2
+    # Just above the weakest detection, on the slider's 0.01 steps.
+    threshold = (int(confidences[0] * 100) + 1) / 100
+    assert confidences[0] < threshold <= confidences[1], "the two weakest are too close for 0.01 steps"
+    counts_before = session.class_counts()
+    session.tab.fill("#threshold", f"{threshold:.2f}")
+    remaining = [row for row in rows if row[1] >= threshold]
+    assert as_multiset(session.rows()) == as_multiset(remaining)
+    assert session.drawn_count() == len(remaining)
+    weakest_label = min(rows, key=lambda row: row[1])[0]
+    counts_after = session.class_counts()
+    assert counts_after[weakest_label] == counts_before[weakest_label] - 1
+    assert session.tab.inner_text("#threshold-value") == f"{threshold:.2f}"
+    session.screenshot("slider-above-weakest")
+
+
+def test_a_class_toggle_hides_that_class(session):
+    rows = session.upload(CAMERA)
+    hidden_label = rows[0][0]
+    session.tab.locator(f'#classes label[data-label="{hidden_label}"] input').uncheck()
+    others = [row for row in rows if row[0] != hidden_label]
+    assert as_multiset(session.rows()) == as_multiset(others)
+    assert session.drawn_count() == len(others)
+    session.screenshot("class-hidden")
+    session.tab.locator(f'#classes label[data-label="{hidden_label}"] input').check()
+    assert as_multiset(session.rows()) == as_multiset(rows)
+
+
+def test_a_dropped_pdf_is_refused_in_words(session):
+    session.upload(CAMERA)
+    transfer = session.tab.evaluate_handle("""() => {
+        const transfer = new DataTransfer();
+        transfer.items.add(new File(['%PDF-1.4\\n1 0 obj << >> endobj\\n%%EOF\\n'], 'report.pdf',
+                                    {type: 'application/pdf'}));
+        return transfer;
+    }""")
+    session.tab.dispatch_event("#dropzone", "drop", {"dataTransfer": transfer})
+    text = session.message()
+    session.screenshot("error-pdf")
+    assert "415" in text and "report.pdf" in text
+    assert "'application/pdf' is not accepted" in text, text
+
+
+def test_text_named_as_a_jpeg_is_refused_in_words(session):
+    session.tab.set_input_files("#file", files=[{"name": "notes.jpg", "mimeType": "image/jpeg",
+                                                 "buffer": b"these are notes, not a picture\n"}])
+    text = session.message()
+    assert "400" in text and "notes.jpg" in text
+    assert session.tab.is_hidden("#figure"), "nothing is drawn for a refused image"
+
+
+def test_with_an_api_key_the_page_asks_for_it_and_then_succeeds(browser):
+    with ServerProcess("--workers", "1", env={"DETSERVE_API_KEY": API_KEY}) as keyed_server:
+        session = PageSession(browser, keyed_server.url)
+        try:
+            session.tab.set_input_files("#file", str(CAMERA))
+            assert "401" in session.message()
+            session.tab.locator("#api-key").wait_for(state="visible")
+            session.screenshot("asks-for-key")
+            session.tab.fill("#api-key", "wrong-key")
+            session.tab.press("#api-key", "Enter")
+            session.tab.wait_for_function("() => document.getElementById('message').innerText.includes('refused')")
+            session.tab.fill("#api-key", API_KEY)
+            session.tab.click("#key-form button[type=submit]")
+            rows = session.wait_for_rows()
+            expected = api_detections(keyed_server, CAMERA, headers={"Authorization": f"Bearer {API_KEY}"})
+            assert as_multiset(rows) == as_multiset((d["label"], d["confidence"]) for d in expected)
+            assert session.tab.is_hidden("#key-form") and session.tab.is_hidden("#message")
+            sent = [r.headers.get("authorization") for r in session.requests if urlsplit(r.url).path == "/api/"]
+            assert sent[-1] == f"Bearer {API_KEY}"
+            stored = session.tab.evaluate("JSON.stringify(localStorage) + JSON.stringify(sessionStorage)"
+                                          " + document.cookie")
+            assert API_KEY not in stored
+        finally:
+            session.close()
+
+
+def test_no_request_leaves_for_another_host(server, session):
+    session.tab.click("button[data-sample$='camera.jpg']")
+    session.wait_for_rows()
+    session.upload(CAMERA)
+    session.tab.wait_for_function("() => document.getElementById('status').dataset.state === 'ready'")
+    own_host = urlsplit(server.url).netloc
+    urls = [request.url for request in session.requests]
+    elsewhere = [url for url in urls if urlsplit(url).scheme not in ("blob", "data")
+                 and urlsplit(url).netloc != own_host]
+    assert not elsewhere, elsewhere
+    paths = {urlsplit(url).path for url in urls}
+    assert {"/", "/page/page.css", "/page/page.js", "/page/samples/camera.jpg", "/api/", "/readyz",
+            "/metrics"} <= paths, paths
+
+
+def test_the_status_strip_shows_workers_ready_and_the_queue(session):
+    session.tab.wait_for_function("() => document.getElementById('status').dataset.state === 'ready'",
+                                  timeout=WAIT_MS)
+    text = session.tab.inner_text("#status-text")
+    assert "workers 2/2 ready" in text and "queue 0" in text, text
+
+
+def test_at_phone_width_the_controls_are_visible_and_nothing_scrolls_sideways(browser, server):
+    session = PageSession(browser, server.url, viewport={"width": 375, "height": 740})
+    try:
+        session.upload(CAMERA)
+        width_px = 375
+        for selector in ("label[for=file]", "button[data-sample$='chelsea.jpg']", "#threshold",
+                         "#classes input", "#detections", "#image"):
+            element = session.tab.locator(selector).first
+            element.scroll_into_view_if_needed()
+            assert element.is_visible(), selector
+            box = element.bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= width_px + 0.5, (selector, box)
+        assert session.tab.evaluate("document.documentElement.scrollWidth") <= width_px
+        session.screenshot("phone", full_page=True)
+    finally:
+        session.close()
+
+
+def test_keyboard_reaches_the_controls_in_order_and_every_control_has_a_name(session):
+    order = []
+    for _ in range(6):
+        session.tab.keyboard.press("Tab")
+        order.append(session.tab.evaluate("document.activeElement.id || document.activeElement.textContent.trim()"))
+    assert order == ["Skip to the results", "file", "camera", "cat", "motorcycle", "threshold"]
+    unnamed = session.tab.evaluate("""() => [...document.querySelectorAll('input, button, select, textarea')]
+        .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())
+        .map(e => e.outerHTML)""")
+    assert not unnamed, unnamed
