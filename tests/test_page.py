@@ -7,11 +7,14 @@ reason that says how to enable them; the HTTP tests above them always run.
 """
 
 import http.client
-import shutil
+import struct
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+
+import cv2
+import numpy as np
 
 from conftest import INPUT_FOLDER, REPO_ROOT, ServerProcess, http_request
 from detserve import page as page_assets
@@ -142,6 +145,22 @@ class PageSession:
             "#classes label[data-label]",
             "labels => Object.fromEntries(labels.map(l => [l.dataset.label, Number(l.dataset.count)]))")
 
+    def painted_at_top_edge_of(self, bbox):
+        """Whether the overlay has paint where bbox's top edge lands on the image as shown."""
+        return self.tab.evaluate("""([x, y, w]) => {
+            const img = document.getElementById('image'), canvas = document.getElementById('overlay');
+            const sx = img.clientWidth / img.naturalWidth, sy = img.clientHeight / img.naturalHeight;
+            const ratio = canvas.width / img.clientWidth;
+            const px = Math.round((x + w / 2) * sx * ratio), py = Math.round((y + 1) * sy * ratio);
+            return canvas.getContext('2d').getImageData(px, py, 1, 1).data[3] > 0;
+        }""", bbox)
+
+    def shown_size(self):
+        return self.tab.evaluate("""() => { const img = document.getElementById('image');
+            return {natural: [img.naturalWidth, img.naturalHeight], shown: [img.clientWidth, img.clientHeight],
+                    canvas: [parseFloat(overlay.style.width), parseFloat(overlay.style.height)],
+                    window: [innerWidth, innerHeight]}; }""")
+
     def message(self):
         box = self.tab.locator("#message")
         box.wait_for(state="visible", timeout=WAIT_MS)
@@ -180,21 +199,68 @@ def test_an_uploaded_image_shows_the_detections_the_api_returns(server, session)
     assert expected, "camera.jpg must have detections for this test to mean anything"
     assert as_multiset(rows) == as_multiset((d["label"], d["confidence"]) for d in expected)
     assert session.drawn_count() == len(expected)
-    # The strongest box is drawn where its bbox lands on the scaled image: the middle
-    # of its top edge holds a painted pixel.
+    # The strongest box is drawn where its bbox lands on the image as shown.
     strongest = max(expected, key=lambda d: d["confidence"])
-    alpha = session.tab.evaluate("""([x, y, w]) => {
-        const img = document.getElementById('image'), canvas = document.getElementById('overlay');
-        const sx = img.clientWidth / img.naturalWidth, sy = img.clientHeight / img.naturalHeight;
-        const ratio = canvas.width / img.clientWidth;
-        const px = Math.round((x + w / 2) * sx * ratio), py = Math.round((y + 1) * sy * ratio);
-        return canvas.getContext('2d').getImageData(px, py, 1, 1).data[3];
-    }""", strongest["bbox"])
-    assert alpha > 0, "no box drawn at the strongest detection's top edge"
+    assert session.painted_at_top_edge_of(strongest["bbox"]), "no box at the strongest detection's top edge"
     assert session.tab.inner_text("#request-id") not in ("", "–")
     for stage in ("#t-queue", "#t-inference", "#t-total", "#t-roundtrip"):
         assert session.tab.inner_text(stage).endswith(" ms"), stage
     assert '"detections"' in session.tab.text_content("#json")
+
+
+def jpeg_bytes(image, *segments):
+    """image as JPEG, with extra APPn segments placed after the JFIF header."""
+    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    assert ok
+    data = encoded.tobytes()
+    jfif_end = 4 + struct.unpack(">H", data[4:6])[0]
+    return data[:jfif_end] + b"".join(segments) + data[jfif_end:]
+
+
+def exif_orientation_segment(orientation):
+    """An APP1 Exif segment holding only the Orientation tag (0x0112)."""
+    tiff = b"MM\x00\x2a" + struct.pack(">I", 8) + struct.pack(">H", 1)
+    tiff += struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0)
+    payload = b"Exif\x00\x00" + tiff
+    return b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+
+
+def upload_bytes(session, server, name, data):
+    session.tab.set_input_files("#file", files=[{"name": name, "mimeType": "image/jpeg", "buffer": data}])
+    rows = session.wait_for_rows()
+    status, _, payload = server.request("/api/?id=reference", body=data, method="POST",
+                                        headers={"Content-Type": "image/jpeg"})
+    assert status == 200, payload
+    assert payload["detections"], f"{name} must have detections for this test to mean anything"
+    assert as_multiset(rows) == as_multiset((d["label"], d["confidence"]) for d in payload["detections"])
+    strongest = max(payload["detections"], key=lambda d: d["confidence"])
+    assert session.painted_at_top_edge_of(strongest["bbox"]), f"no box at the strongest detection of {name}"
+    return payload["detections"]
+
+
+def test_a_huge_portrait_image_is_scaled_to_fit_and_its_boxes_scaled_with_it(server, session):
+    camera = cv2.imread(str(CAMERA))
+    person = cv2.resize(camera, (1600, 1600), interpolation=cv2.INTER_CUBIC)
+    portrait = np.vstack([person, np.full((1600, 1600, 3), 200, np.uint8)])  # 1600 x 3200 px
+    upload_bytes(session, server, "portrait.jpg", jpeg_bytes(portrait))
+    size = session.shown_size()
+    assert size["natural"] == [1600, 3200]
+    assert size["shown"][1] <= 0.8 * size["window"][1] + 1, "a tall image fits the window's height"
+    assert size["shown"][0] <= size["window"][0]
+    assert size["canvas"] == size["shown"], "the overlay lies exactly over the image"
+    session.screenshot("huge-portrait")
+
+
+def test_exif_orientation_is_applied_by_the_browser_and_the_server_alike(server, session):
+    cup = cv2.imread(str(INPUT_FOLDER / "coffee.jpg"))  # landscape
+    # Stored turned a quarter left; Orientation 6 says to turn it right to show it.
+    stored = cv2.rotate(cup, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    data = jpeg_bytes(stored, exif_orientation_segment(6))
+    server_view = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert server_view.shape[:2] == cup.shape[:2], "OpenCV applies the EXIF orientation"
+    upload_bytes(session, server, "rotated-coffee.jpg", data)
+    assert session.shown_size()["natural"] == [cup.shape[1], cup.shape[0]], "the browser applies it too"
+    session.screenshot("exif-rotated")
 
 
 def test_the_slider_hides_a_weaker_detection_and_updates_the_count(session):
@@ -241,6 +307,7 @@ def test_a_dropped_pdf_is_refused_in_words(session):
     session.screenshot("error-pdf")
     assert "415" in text and "report.pdf" in text
     assert "'application/pdf' is not accepted" in text, text
+    assert session.tab.is_hidden("#figure") and session.rows() == [], "the previous image's boxes are gone"
 
 
 def test_text_named_as_a_jpeg_is_refused_in_words(session):
@@ -296,7 +363,7 @@ def test_the_status_strip_shows_workers_ready_and_the_queue(session):
     session.tab.wait_for_function("() => document.getElementById('status').dataset.state === 'ready'",
                                   timeout=WAIT_MS)
     text = session.tab.inner_text("#status-text")
-    assert "workers 2/2 ready" in text and "queue 0" in text, text
+    assert "2/2 workers ready" in text and "queue 0" in text, text
 
 
 def test_at_phone_width_the_controls_are_visible_and_nothing_scrolls_sideways(browser, server):
@@ -322,7 +389,7 @@ def test_keyboard_reaches_the_controls_in_order_and_every_control_has_a_name(ses
     for _ in range(6):
         session.tab.keyboard.press("Tab")
         order.append(session.tab.evaluate("document.activeElement.id || document.activeElement.textContent.trim()"))
-    assert order == ["Skip to the results", "file", "camera", "cat", "motorcycle", "threshold"]
+    assert order == ["Skip to the results", "file", "camera", "cat", "coffee", "threshold"]
     unnamed = session.tab.evaluate("""() => [...document.querySelectorAll('input, button, select, textarea')]
         .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())
         .map(e => e.outerHTML)""")

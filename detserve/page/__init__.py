@@ -26,7 +26,7 @@ ASSETS = {
     "page.js": ("page.js", "text/javascript; charset=utf-8"),
     "samples/camera.jpg": ("samples/camera.jpg", "image/jpeg"),
     "samples/chelsea.jpg": ("samples/chelsea.jpg", "image/jpeg"),
-    "samples/motorcycle.jpg": ("samples/motorcycle.jpg", "image/jpeg"),
+    "samples/coffee.jpg": ("samples/coffee.jpg", "image/jpeg"),
 }
 INDEX = ("index.html", "text/html; charset=utf-8")
 

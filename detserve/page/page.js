@@ -70,6 +70,7 @@
     const seq = ++state.requestSeq;
     state.pendingImage = { blob, name };
     hideMessage();
+    clearResult();  // what is shown always belongs to the image chosen last
     $("busy").hidden = false;
     const imageId = `page-${Date.now().toString(36)}-${seq}`;
     // The server decides what it accepts (415 in words for anything else).
@@ -114,6 +115,20 @@
     $("json").textContent = JSON.stringify(payload, null, 2);
     $("caption").textContent = `${name}: ${$("image").naturalWidth} x ${$("image").naturalHeight} px`;
     render();
+  }
+
+  function clearResult() {
+    state.answer = null;
+    state.detections = [];
+    $("figure").hidden = true;
+    $("detections").tBodies[0].replaceChildren();
+    for (const label of $("classes").querySelectorAll("label")) label.remove();
+    $("classes").dataset.labels = "";
+    $("classes-empty").hidden = false;
+    $("classes-empty").textContent = "Nothing detected yet.";
+    $("overlay").removeAttribute("data-drawn");
+    $("json").textContent = "";
+    for (const id of ["request-id", "t-queue", "t-inference", "t-total", "t-roundtrip"]) $(id).textContent = "–";
   }
 
   function askForKey(payload) {
@@ -416,8 +431,8 @@
         const match = /^detserve_queue_depth\s+(\S+)/m.exec(await metrics.text());
         if (match) queue = ` · queue ${Number(match[1])}`;
       }
-      const workers = `workers ${body.workers_ready}/${body.workers} ready`;
-      if (ready.ok) setStatus("ready", `Ready · ${workers}${queue}`);
+      const workers = `${body.workers_ready}/${body.workers} workers ready`;
+      if (ready.ok) setStatus("ready", `${workers}${queue}`);
       else setStatus("degraded", `Not ready${body.reason ? ` (${body.reason})` : ""} · ${workers}${queue}`);
       statusDelayMs = STATUS_INTERVAL_MS;
     } catch (_) {
