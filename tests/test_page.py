@@ -145,14 +145,18 @@ class PageSession:
             "#classes label[data-label]",
             "labels => Object.fromEntries(labels.map(l => [l.dataset.label, Number(l.dataset.count)]))")
 
-    def painted_at_top_edge_of(self, bbox):
-        """Whether the overlay has paint where bbox's top edge lands on the image as shown."""
-        return self.tab.evaluate("""([x, y, w]) => {
+    def box_drawn_at(self, bbox):
+        """Whether the overlay has paint at the middle of each side of bbox, as it lands on the
+        image as shown (a box scaled wrongly in either direction misses two of them)."""
+        return self.tab.evaluate("""([x, y, w, h]) => {
             const img = document.getElementById('image'), canvas = document.getElementById('overlay');
             const sx = img.clientWidth / img.naturalWidth, sy = img.clientHeight / img.naturalHeight;
-            const ratio = canvas.width / img.clientWidth;
-            const px = Math.round((x + w / 2) * sx * ratio), py = Math.round((y + 1) * sy * ratio);
-            return canvas.getContext('2d').getImageData(px, py, 1, 1).data[3] > 0;
+            const ratio = canvas.width / img.clientWidth, ctx = canvas.getContext('2d');
+            const left = x * sx + 2, right = (x + w) * sx - 2, top = y * sy + 2, bottom = (y + h) * sy - 2;
+            const painted = ([px, py]) =>
+                ctx.getImageData(Math.round(px * ratio), Math.round(py * ratio), 1, 1).data[3] > 0;
+            return [[(left + right) / 2, top], [(left + right) / 2, bottom],
+                    [left, (top + bottom) / 2], [right, (top + bottom) / 2]].every(painted);
         }""", bbox)
 
     def shown_size(self):
@@ -201,7 +205,7 @@ def test_an_uploaded_image_shows_the_detections_the_api_returns(server, session)
     assert session.drawn_count() == len(expected)
     # The strongest box is drawn where its bbox lands on the image as shown.
     strongest = max(expected, key=lambda d: d["confidence"])
-    assert session.painted_at_top_edge_of(strongest["bbox"]), "no box at the strongest detection's top edge"
+    assert session.box_drawn_at(strongest["bbox"]), "the strongest detection's box is not where its bbox lands"
     assert session.tab.inner_text("#request-id") not in ("", "–")
     for stage in ("#t-queue", "#t-inference", "#t-total", "#t-roundtrip"):
         assert session.tab.inner_text(stage).endswith(" ms"), stage
@@ -234,7 +238,7 @@ def upload_bytes(session, server, name, data):
     assert payload["detections"], f"{name} must have detections for this test to mean anything"
     assert as_multiset(rows) == as_multiset((d["label"], d["confidence"]) for d in payload["detections"])
     strongest = max(payload["detections"], key=lambda d: d["confidence"])
-    assert session.painted_at_top_edge_of(strongest["bbox"]), f"no box at the strongest detection of {name}"
+    assert session.box_drawn_at(strongest["bbox"]), f"no box at the strongest detection of {name}"
     return payload["detections"]
 
 
