@@ -223,7 +223,7 @@ def test_ingress_routes_root_and_api_to_the_clusterip_service():
             svc_port = backend["port"].get("name", backend["port"].get("number"))
             assert any(svc_port in (p.get("name"), p["port"]) for p in clusterip["spec"]["ports"]), svc_port
             routed[path["path"]] = path["pathType"]
-    assert routed == {"/": "Exact", "/api/": "Prefix"}
+    assert routed == {"/": "Exact", "/api/": "Prefix", "/page/": "Prefix"}
 
 
 def test_ingress_lets_through_the_largest_body_and_the_slowest_answer():
@@ -257,6 +257,8 @@ def test_ingress_paths_exist_on_the_server(server):
     assert server.request("/")[0] == 200
     # /api/ is POST only: 405 (not 404) shows the route is there.
     assert server.request("/api/")[0] == 405
+    # What a browser's `/` loads next: the page's script and style.
+    assert server.request("/page/page.js")[0] == 200
 
 
 # -- the pod -----------------------------------------------------------------------------------

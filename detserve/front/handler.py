@@ -19,7 +19,7 @@ from ..logs import log_access
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..pool.pending import PendingRequest
 from ..protocol import RejectReason, Refusal
-from . import admission
+from . import admission, page
 from .body_reader import read_body
 from .deadline_reader import DeadlineLineReader
 
@@ -130,6 +130,11 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
             if method not in ("GET", "HEAD"):
                 raise self._wrong_method("GET, HEAD")
             return getattr(self, "_get_" + (path.strip("/") or "root"))()
+        if path.startswith(page.ASSET_PREFIX):
+            self._route = page.ASSET_PREFIX  # one metrics label for every asset, known or not
+            if method not in ("GET", "HEAD"):
+                raise self._wrong_method("GET, HEAD")
+            return self._send_asset(page.find_asset(path), path)
         raise Refusal(404, f"no such path {path!r}; the API is POST /api/", reason=None)
 
     def _wrong_method(self, allowed):
@@ -142,7 +147,15 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
 
     # -- GET routes -----------------------------------------------------------------------------
     def _get_root(self):
-        self._send(200, WELCOME_TEXT.encode(), "text/plain; charset=utf-8")
+        if page.wants_html(self.headers.get("Accept")):
+            return self._send_asset(page.index(), "/")
+        # Vary: a cache must not hand the page to curl, or this text to a browser.
+        self._send(200, WELCOME_TEXT.encode(), "text/plain; charset=utf-8", headers={"Vary": "Accept"})
+
+    def _send_asset(self, asset, path):
+        if asset is None:
+            raise Refusal(404, f"no such page asset {path!r}", reason=None)
+        self._send(200, asset.body, asset.content_type, headers=asset.headers)
 
     def _get_healthz(self):
         state = self.server.state

@@ -1,0 +1,400 @@
+"""The web page at `/`: served by detserve itself, driven in a real headless Chromium.
+
+The browser tests run Debian's Chromium through Playwright against a real
+server with the real model, and save screenshots of each state to
+test-artifacts/page/. Without Chromium or Playwright they are skipped with a
+reason that says how to enable them; the HTTP tests above them always run.
+"""
+
+import http.client
+import struct
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+import cv2
+import numpy as np
+
+from conftest import INPUT_FOLDER, REPO_ROOT, ServerProcess, http_request
+from detserve.front import page as page_assets
+from detserve.front.handler import WELCOME_TEXT
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # the browser tests say how to get it
+    sync_playwright = None
+
+CHROMIUM = Path("/usr/bin/chromium")
+ENABLE_HINT = "apt-get install -y chromium, and pip install -e '.[test]' for Playwright"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = REPO_ROOT / "test-artifacts" / "page"
+CAMERA = INPUT_FOLDER / "camera.jpg"
+CHROME_ACCEPT = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
+                 "image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7")
+API_KEY = "page-test-key"
+WAIT_MS = 30_000
+
+
+# -- HTTP: what / and /page/ answer ------------------------------------------------------------
+
+@pytest.mark.parametrize("accept, html", [
+    (CHROME_ACCEPT, True),
+    ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", True),  # Firefox
+    ("TEXT/HTML", True),
+    ("*/*", False),  # curl
+    (None, False),
+    ("", False),
+    ("application/json", False),
+    ("text/html;q=0, */*", False),
+    ("text/html;q=nonsense", False),
+    ("text/htmlx, */*", False),
+])
+def test_wants_html_only_when_accept_names_html(accept, html):
+    assert page_assets.wants_html(accept) is html
+
+
+def test_root_is_the_page_for_browsers_and_the_welcome_text_for_everyone_else(server):
+    status, headers, body = server.request("/", headers={"Accept": CHROME_ACCEPT})
+    assert status == 200
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    assert '<script src="/page/page.js"' in body
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+    assert headers["Vary"] == "Accept"
+    for accept in ("*/*", None, "application/json"):
+        status, headers, body = server.request("/", headers={"Accept": accept} if accept else {})
+        assert (status, headers["Content-Type"], body) == (200, "text/plain; charset=utf-8", WELCOME_TEXT)
+
+
+def test_page_assets_come_from_a_fixed_table(server):
+    for name, (_, content_type) in page_assets.ASSETS.items():
+        status, headers, _ = server.request(page_assets.ASSET_PREFIX + name)
+        assert (status, headers["Content-Type"]) == (200, content_type), name
+    total_bytes = sum(len(page_assets.find_asset(page_assets.ASSET_PREFIX + name).body)
+                      for name in page_assets.ASSETS) + len(page_assets.index().body)
+    assert total_bytes < 200_000, "the page and its samples stay small"
+    status, _, payload = server.request("/page/nope.js")
+    assert status == 404 and "no such page asset" in payload["error"]
+    assert server.request("/page/page.js", body=b"x", method="POST",
+                          headers={"Content-Type": "text/plain"})[0] == 405
+
+
+@pytest.mark.parametrize("path", ["/page/../setup.cfg", "/page/..%2f__init__.py", "/page/%2e%2e/handler.py",
+                                  "/page//etc/passwd", "/page/samples/../../__init__.py", "/page/__init__.py"])
+def test_no_path_reaches_another_file(server, path):
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        connection.request("GET", path)  # sent as is: no client-side normalisation of ..
+        response = connection.getresponse()
+        assert response.status == 404, path
+        assert response.getheader("Content-Type") == "application/json"
+        response.read()
+    finally:
+        connection.close()
+
+
+# -- the browser ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def browser():
+    if sync_playwright is None:
+        pytest.skip(f"browser tests need Playwright for Python: {ENABLE_HINT}")
+    if not CHROMIUM.exists():
+        pytest.skip(f"browser tests need Debian's Chromium at {CHROMIUM}: {ENABLE_HINT}")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+class PageSession:
+    """One tab on the page, with every request it made and every script error or CSP refusal."""
+
+    def __init__(self, browser, base_url, viewport=None):
+        self.context = browser.new_context(viewport=viewport or {"width": 1280, "height": 900})
+        self.tab = self.context.new_page()
+        self.requests = []
+        self.problems = []
+        self.tab.on("request", lambda request: self.requests.append(request))
+        self.tab.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
+        # A fetch answered 4xx is logged too; only what points at a broken page counts.
+        self.tab.on("console", lambda message: self.problems.append(message.text)
+                    if "Refused to" in message.text or "Uncaught" in message.text else None)
+        self.tab.goto(base_url + "/")
+
+    def upload(self, path):
+        self.tab.set_input_files("#file", str(path))
+        return self.wait_for_rows()
+
+    def wait_for_rows(self):
+        self.tab.wait_for_selector("#overlay[data-drawn]", state="attached", timeout=WAIT_MS)
+        return self.rows()
+
+    def rows(self):
+        return self.tab.eval_on_selector_all(
+            "#detections tbody tr[data-label]",
+            "rows => rows.map(r => [r.dataset.label, Number(r.dataset.confidence)])")
+
+    def drawn_count(self):
+        return int(self.tab.get_attribute("#overlay", "data-drawn"))
+
+    def class_counts(self):
+        return self.tab.eval_on_selector_all(
+            "#classes label[data-label]",
+            "labels => Object.fromEntries(labels.map(l => [l.dataset.label, Number(l.dataset.count)]))")
+
+    def box_drawn_at(self, bbox):
+        """Whether the overlay has paint at the middle of each side of bbox, as it lands on the
+        image as shown (a box scaled wrongly in either direction misses two of them)."""
+        return self.tab.evaluate("""([x, y, w, h]) => {
+            const img = document.getElementById('image'), canvas = document.getElementById('overlay');
+            const sx = img.clientWidth / img.naturalWidth, sy = img.clientHeight / img.naturalHeight;
+            const ratio = canvas.width / img.clientWidth, ctx = canvas.getContext('2d');
+            const left = x * sx + 2, right = (x + w) * sx - 2, top = y * sy + 2, bottom = (y + h) * sy - 2;
+            const painted = ([px, py]) =>
+                ctx.getImageData(Math.round(px * ratio), Math.round(py * ratio), 1, 1).data[3] > 0;
+            return [[(left + right) / 2, top], [(left + right) / 2, bottom],
+                    [left, (top + bottom) / 2], [right, (top + bottom) / 2]].every(painted);
+        }""", bbox)
+
+    def shown_size(self):
+        return self.tab.evaluate("""() => { const img = document.getElementById('image');
+            return {natural: [img.naturalWidth, img.naturalHeight], shown: [img.clientWidth, img.clientHeight],
+                    canvas: [parseFloat(overlay.style.width), parseFloat(overlay.style.height)],
+                    window: [innerWidth, innerHeight]}; }""")
+
+    def message(self):
+        box = self.tab.locator("#message")
+        box.wait_for(state="visible", timeout=WAIT_MS)
+        return box.inner_text()
+
+    def screenshot(self, name, full_page=False):
+        self.tab.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
+
+    def close(self):
+        self.context.close()
+        assert not self.problems, self.problems
+
+
+@pytest.fixture
+def session(browser, server):
+    opened = PageSession(browser, server.url)
+    yield opened
+    opened.close()
+
+
+def api_detections(server, path, headers=None):
+    status, _, payload = server.request("/api/?id=reference", body=path.read_bytes(), method="POST",
+                                        headers={"Content-Type": "image/jpeg", **(headers or {})})
+    assert status == 200, payload
+    return payload["detections"]
+
+
+def as_multiset(detections):
+    return sorted((label, round(confidence, 6)) for label, confidence in detections)
+
+
+def test_an_uploaded_image_shows_the_detections_the_api_returns(server, session):
+    rows = session.upload(CAMERA)
+    session.screenshot("upload-camera")
+    expected = api_detections(server, CAMERA)
+    assert expected, "camera.jpg must have detections for this test to mean anything"
+    assert as_multiset(rows) == as_multiset((d["label"], d["confidence"]) for d in expected)
+    assert session.drawn_count() == len(expected)
+    # The strongest box is drawn where its bbox lands on the image as shown.
+    strongest = max(expected, key=lambda d: d["confidence"])
+    assert session.box_drawn_at(strongest["bbox"]), "the strongest detection's box is not where its bbox lands"
+    assert session.tab.inner_text("#request-id") not in ("", "–")
+    for stage in ("#t-queue", "#t-inference", "#t-total", "#t-roundtrip"):
+        assert session.tab.inner_text(stage).endswith(" ms"), stage
+    assert '"detections"' in session.tab.text_content("#json")
+
+
+def jpeg_bytes(image, *segments):
+    """image as JPEG, with extra APPn segments placed after the JFIF header."""
+    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    assert ok
+    data = encoded.tobytes()
+    jfif_end = 4 + struct.unpack(">H", data[4:6])[0]
+    return data[:jfif_end] + b"".join(segments) + data[jfif_end:]
+
+
+def exif_orientation_segment(orientation):
+    """An APP1 Exif segment holding only the Orientation tag (0x0112)."""
+    tiff = b"MM\x00\x2a" + struct.pack(">I", 8) + struct.pack(">H", 1)
+    tiff += struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0)
+    payload = b"Exif\x00\x00" + tiff
+    return b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+
+
+def upload_bytes(session, server, name, data):
+    session.tab.set_input_files("#file", files=[{"name": name, "mimeType": "image/jpeg", "buffer": data}])
+    rows = session.wait_for_rows()
+    status, _, payload = server.request("/api/?id=reference", body=data, method="POST",
+                                        headers={"Content-Type": "image/jpeg"})
+    assert status == 200, payload
+    assert payload["detections"], f"{name} must have detections for this test to mean anything"
+    assert as_multiset(rows) == as_multiset((d["label"], d["confidence"]) for d in payload["detections"])
+    strongest = max(payload["detections"], key=lambda d: d["confidence"])
+    assert session.box_drawn_at(strongest["bbox"]), f"no box at the strongest detection of {name}"
+    return payload["detections"]
+
+
+def test_a_huge_portrait_image_is_scaled_to_fit_and_its_boxes_scaled_with_it(server, session):
+    camera = cv2.imread(str(CAMERA))
+    person = cv2.resize(camera, (1600, 1600), interpolation=cv2.INTER_CUBIC)
+    portrait = np.vstack([person, np.full((1600, 1600, 3), 200, np.uint8)])  # 1600 x 3200 px
+    upload_bytes(session, server, "portrait.jpg", jpeg_bytes(portrait))
+    size = session.shown_size()
+    assert size["natural"] == [1600, 3200]
+    assert size["shown"][1] <= 0.8 * size["window"][1] + 1, "a tall image fits the window's height"
+    assert size["shown"][0] <= size["window"][0]
+    assert size["canvas"] == size["shown"], "the overlay lies exactly over the image"
+    session.screenshot("huge-portrait")
+
+
+def test_exif_orientation_is_applied_by_the_browser_and_the_server_alike(server, session):
+    cup = cv2.imread(str(INPUT_FOLDER / "coffee.jpg"))  # landscape
+    # Stored turned a quarter left; Orientation 6 says to turn it right to show it.
+    stored = cv2.rotate(cup, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    data = jpeg_bytes(stored, exif_orientation_segment(6))
+    server_view = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert server_view.shape[:2] == cup.shape[:2], "OpenCV applies the EXIF orientation"
+    upload_bytes(session, server, "rotated-coffee.jpg", data)
+    assert session.shown_size()["natural"] == [cup.shape[1], cup.shape[0]], "the browser applies it too"
+    session.screenshot("exif-rotated")
+
+
+def test_the_slider_hides_a_weaker_detection_and_updates_the_count(session):
+    rows = session.upload(CAMERA)
+    confidences = sorted(confidence for _, confidence in rows)
+    assert len(confidences) >= 2
+    # Just above the weakest detection, on the slider's 0.01 steps.
+    threshold = (int(confidences[0] * 100) + 1) / 100
+    assert confidences[0] < threshold <= confidences[1], "the two weakest are too close for 0.01 steps"
+    counts_before = session.class_counts()
+    session.tab.fill("#threshold", f"{threshold:.2f}")
+    remaining = [row for row in rows if row[1] >= threshold]
+    assert as_multiset(session.rows()) == as_multiset(remaining)
+    assert session.drawn_count() == len(remaining)
+    weakest_label = min(rows, key=lambda row: row[1])[0]
+    counts_after = session.class_counts()
+    assert counts_after[weakest_label] == counts_before[weakest_label] - 1
+    assert session.tab.inner_text("#threshold-value") == f"{threshold:.2f}"
+    session.screenshot("slider-above-weakest")
+
+
+def test_a_class_toggle_hides_that_class(session):
+    rows = session.upload(CAMERA)
+    hidden_label = rows[0][0]
+    session.tab.locator(f'#classes label[data-label="{hidden_label}"] input').uncheck()
+    others = [row for row in rows if row[0] != hidden_label]
+    assert as_multiset(session.rows()) == as_multiset(others)
+    assert session.drawn_count() == len(others)
+    session.screenshot("class-hidden")
+    session.tab.locator(f'#classes label[data-label="{hidden_label}"] input').check()
+    assert as_multiset(session.rows()) == as_multiset(rows)
+
+
+def test_a_dropped_pdf_is_refused_in_words(session):
+    session.upload(CAMERA)
+    transfer = session.tab.evaluate_handle("""() => {
+        const transfer = new DataTransfer();
+        transfer.items.add(new File(['%PDF-1.4\\n1 0 obj << >> endobj\\n%%EOF\\n'], 'report.pdf',
+                                    {type: 'application/pdf'}));
+        return transfer;
+    }""")
+    session.tab.dispatch_event("#dropzone", "drop", {"dataTransfer": transfer})
+    text = session.message()
+    session.screenshot("error-pdf")
+    assert "415" in text and "report.pdf" in text
+    assert "'application/pdf' is not accepted" in text, text
+    assert session.tab.is_hidden("#figure") and session.rows() == [], "the previous image's boxes are gone"
+
+
+def test_text_named_as_a_jpeg_is_refused_in_words(session):
+    session.tab.set_input_files("#file", files=[{"name": "notes.jpg", "mimeType": "image/jpeg",
+                                                 "buffer": b"these are notes, not a picture\n"}])
+    text = session.message()
+    assert "400" in text and "notes.jpg" in text
+    assert session.tab.is_hidden("#figure"), "nothing is drawn for a refused image"
+
+
+def test_with_an_api_key_the_page_asks_for_it_and_then_succeeds(browser):
+    with ServerProcess("--workers", "1", env={"DETSERVE_API_KEY": API_KEY}) as keyed_server:
+        session = PageSession(browser, keyed_server.url)
+        try:
+            session.tab.set_input_files("#file", str(CAMERA))
+            assert "401" in session.message()
+            session.tab.locator("#api-key").wait_for(state="visible")
+            session.screenshot("asks-for-key")
+            session.tab.fill("#api-key", "wrong-key")
+            session.tab.press("#api-key", "Enter")
+            session.tab.wait_for_function("() => document.getElementById('message').innerText.includes('refused')")
+            session.tab.fill("#api-key", API_KEY)
+            session.tab.click("#key-form button[type=submit]")
+            rows = session.wait_for_rows()
+            expected = api_detections(keyed_server, CAMERA, headers={"Authorization": f"Bearer {API_KEY}"})
+            assert as_multiset(rows) == as_multiset((d["label"], d["confidence"]) for d in expected)
+            assert session.tab.is_hidden("#key-form") and session.tab.is_hidden("#message")
+            sent = [r.headers.get("authorization") for r in session.requests if urlsplit(r.url).path == "/api/"]
+            assert sent[-1] == f"Bearer {API_KEY}"
+            stored = session.tab.evaluate("JSON.stringify(localStorage) + JSON.stringify(sessionStorage)"
+                                          " + document.cookie")
+            assert API_KEY not in stored
+        finally:
+            session.close()
+
+
+def test_no_request_leaves_for_another_host(server, session):
+    session.tab.click("button[data-sample$='camera.jpg']")
+    session.wait_for_rows()
+    session.upload(CAMERA)
+    session.tab.wait_for_function("() => document.getElementById('status').dataset.state === 'ready'")
+    own_host = urlsplit(server.url).netloc
+    urls = [request.url for request in session.requests]
+    elsewhere = [url for url in urls if urlsplit(url).scheme not in ("blob", "data")
+                 and urlsplit(url).netloc != own_host]
+    assert not elsewhere, elsewhere
+    paths = {urlsplit(url).path for url in urls}
+    assert {"/", "/page/page.css", "/page/page.js", "/page/samples/camera.jpg", "/api/", "/readyz",
+            "/metrics"} <= paths, paths
+
+
+def test_the_status_strip_shows_workers_ready_and_the_queue(session):
+    session.tab.wait_for_function("() => document.getElementById('status').dataset.state === 'ready'",
+                                  timeout=WAIT_MS)
+    text = session.tab.inner_text("#status-text")
+    assert "2/2 workers ready" in text and "queue 0" in text, text
+
+
+def test_at_phone_width_the_controls_are_visible_and_nothing_scrolls_sideways(browser, server):
+    session = PageSession(browser, server.url, viewport={"width": 375, "height": 740})
+    try:
+        session.upload(CAMERA)
+        width_px = 375
+        for selector in ("label[for=file]", "button[data-sample$='chelsea.jpg']", "#threshold",
+                         "#classes input", "#detections", "#image"):
+            element = session.tab.locator(selector).first
+            element.scroll_into_view_if_needed()
+            assert element.is_visible(), selector
+            box = element.bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= width_px + 0.5, (selector, box)
+        assert session.tab.evaluate("document.documentElement.scrollWidth") <= width_px
+        session.screenshot("phone", full_page=True)
+    finally:
+        session.close()
+
+
+def test_keyboard_reaches_the_controls_in_order_and_every_control_has_a_name(session):
+    order = []
+    for _ in range(6):
+        session.tab.keyboard.press("Tab")
+        order.append(session.tab.evaluate("document.activeElement.id || document.activeElement.textContent.trim()"))
+    assert order == ["Skip to the results", "file", "camera", "cat", "coffee", "threshold"]
+    unnamed = session.tab.evaluate("""() => [...document.querySelectorAll('input, button, select, textarea')]
+        .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())
+        .map(e => e.outerHTML)""")
+    assert not unnamed, unnamed
