@@ -36,10 +36,11 @@ def sample_images():
 class ServerProcess:
     """A detserve subprocess; use as a context manager."""
 
-    def __init__(self, *args, env=None, wait_ready=True):
+    def __init__(self, *args, env=None, wait_ready=True, preexec_fn=None):
         self.args = ["--host", "127.0.0.1", "--port", "0", *args]
         self.extra_env = env or {}
         self.wait_ready = wait_ready
+        self.preexec_fn = preexec_fn  # runs in the child before exec, e.g. to lower its limits
         self.lines = []
         self._lines_changed = threading.Condition()
         self.port = None
@@ -55,6 +56,7 @@ class ServerProcess:
             [sys.executable, "-m", "detserve", *self.args],
             cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            preexec_fn=self.preexec_fn,
         )
         threading.Thread(target=self._read_output, daemon=True).start()
         match = self.wait_for_line(LISTENING_LINE.pattern, timeout_s=START_TIMEOUT_S)
