@@ -1,9 +1,9 @@
-"""The strict request-head parser (detserve/http_head.py): each malformed head and its status,
+"""The strict request-head parser (detserve/front/request_head.py): each malformed head and its status,
 and valid heads parsed to what they say."""
 
 import pytest
 
-from detserve.http_head import MAX_HEAD_BYTES, HeadError, parse_head, parse_header_lines, parse_request_line
+from detserve.front.request_head import MAX_HEAD_BYTES, HeadError, parse_head, parse_header_lines, parse_request_line
 
 GOOD_LINE = b"GET /healthz HTTP/1.1\r\n"
 HOST = b"Host: t\r\n"
