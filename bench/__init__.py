@@ -9,7 +9,10 @@ Data flow::
                              judges every reply)
 
 ``sweep`` repeats ``run_load`` over thread counts; ``plot`` draws a sweep's
-results. ``run_load`` is importable so that other benchmarks can drive load
+results; ``upscale`` makes a large-image set from a folder; ``overload``
+reduces a no-back-off run (bench's own or ``wrk``'s) to goodput, refusals
+and time-outs; ``perf`` puts small images, large images and overload side
+by side. ``run_load`` is importable so that other benchmarks can drive load
 in-process.
 """
 

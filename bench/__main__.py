@@ -1,4 +1,5 @@
-"""The command line: `python -m bench` (one run), `python -m bench sweep`, `python -m bench plot`.
+"""The command line: `python -m bench` (one run), `python -m bench sweep`, `python -m bench plot`,
+`python -m bench images` (a large-image set made from a folder).
 
 Also the console script `detserve-bench`. Exit status: 0 when every counted
 request succeeded (for sweep and plot: when they finished), 1 when a run had
@@ -10,9 +11,10 @@ import datetime
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
-from bench import report
+from bench import overload, report, upscale
 from bench.images import ImageFolderError, load_folder
 from bench.loadgen import DEFAULT_TIMEOUT_S, Target, run_load
 from bench.plot import PlotUnavailable, plot_rows
@@ -28,15 +30,17 @@ RUN_EPILOG = """\
 other commands:
   python -m bench sweep FOLDER URL --threads 1,2,4,8,16   one run per thread count
   python -m bench plot RESULTS.csv -o OUT.png             draw a sweep's results
-(to run on a folder named sweep or plot, write it as ./sweep or ./plot)
+  python -m bench images SRC DEST --upscale 4032x3024     a large-image set made from SRC
+(to run on a folder named sweep, plot or images, write it as ./sweep, ./plot or ./images)
 
-exit status: 0 all requests succeeded, 1 some failed, 2 usage error, 130 Ctrl-C
+exit status: 0 all requests succeeded (with --no-backoff: all answered 200 or 503),
+1 some failed, 2 usage error, 130 Ctrl-C
 """
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    commands = {"sweep": sweep_main, "plot": plot_main}
+    commands = {"sweep": sweep_main, "plot": plot_main, "images": images_main}
     try:
         if argv and argv[0] in commands:
             return commands[argv[0]](argv[1:])
@@ -110,31 +114,56 @@ def run_main(argv):
     chatter.add_argument("--quiet", action="store_true", help="no progress line, only the summary")
     chatter.add_argument("--verbose", action="store_true",
                          help="one line per image (image, id, labels found) instead of the progress line")
+    refusals = parser.add_mutually_exclusive_group()
+    refusals.add_argument("--no-backoff", action="store_true",
+                          help="overload mode: resend at once after a 503, ignoring Retry-After (as the default "
+                               "does), and report goodput, refusals per second, time-outs and the latency of the "
+                               "accepted requests; 503s do not make the exit status 1")
+    refusals.add_argument("--honor-retry-after", action="store_true",
+                          help="after a 503, wait its Retry-After seconds before the next request")
+    parser.add_argument("--upscale", metavar="WxH", type=_image_size,
+                        help="send FOLDER's images resized to WxH (e.g. 4032x3024) as JPEG q90, "
+                             "made in a temporary folder first")
     args = parser.parse_args(argv)
     _check_url(parser, args.url)
-    images = _load_images(parser, args.folder)
     if args.csv and not Path(args.csv).resolve().parent.is_dir():
         parser.error(f"--csv {args.csv}: the folder to write it in does not exist")
+    if args.upscale:
+        with tempfile.TemporaryDirectory(prefix="detserve-bench-") as large_folder:
+            try:
+                written = upscale.upscale_folder(args.folder, large_folder, *args.upscale)
+            except ImageFolderError as exc:
+                parser.error(str(exc))
+            print(upscale.describe(written), file=sys.stderr)
+            return _run(args, _load_images(parser, large_folder))
+    return _run(args, _load_images(parser, args.folder))
 
+
+def _run(args, images):
     # With --json, stdout carries the JSON and nothing else.
     on_record = _per_image_printer(images, sys.stderr if args.json else sys.stdout) if args.verbose else None
     progress = ProgressLine(enabled=False if (args.quiet or args.verbose) else None)
     try:
         summary = run_load(images, args.url, args.threads, repeat=args.repeat or 1, duration_s=args.duration,
                            warmup=args.warmup or 0, timeout_s=args.timeout, on_record=on_record,
-                           progress=progress)
+                           progress=progress, honor_retry_after=args.honor_retry_after)
     finally:
         progress.close()
 
+    figures = overload.from_summary(summary) if args.no_backoff else None
     if args.csv:
         report.write_records_csv(args.csv, summary.records)
     if args.json:
-        print(json.dumps(summary.to_dict(), indent=2))
+        print(json.dumps(summary.to_dict() | ({"overload": figures.to_dict()} if figures else {}), indent=2))
     else:
         print(report.format_summary(summary))
+        if figures:
+            print("overload (--no-backoff)\n" + overload.format_figures(figures))
     if summary.interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_REQUEST_ERRORS if summary.errors else EXIT_OK
+    # Under deliberate overload a 503 is the server's correct answer, not a failure of the run.
+    failures = (figures.timeouts + figures.other_errors) if figures else summary.errors
+    return EXIT_REQUEST_ERRORS if failures else EXIT_OK
 
 
 def _per_image_printer(images, stream):
@@ -143,6 +172,44 @@ def _per_image_printer(images, stream):
     def print_record(record):
         print(report.format_record(record, image_width), file=stream, flush=True)
     return print_record
+
+
+def _image_size(text):
+    try:
+        return upscale.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# -- images ------------------------------------------------------------------
+
+def images_main(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m bench images",
+        description="Write every JPEG and PNG of SRC resized to WxH as a JPEG into DEST (created): "
+                    "a large-image set for the load client and bench.perf. Deterministic.")
+    parser.add_argument("src", help="folder of JPEG and PNG images")
+    parser.add_argument("dest", help="folder to write the JPEGs to (created if missing; same names, .jpg)")
+    parser.add_argument("--upscale", metavar="WxH", type=_image_size, required=True,
+                        help=f"the size in pixels, e.g. {upscale.PHONE_PHOTO_SIZE} (a 12 MP phone photo)")
+    parser.add_argument("--quality", type=_quality, default=upscale.DEFAULT_JPEG_QUALITY,
+                        help=f"JPEG quality 1-100 (default {upscale.DEFAULT_JPEG_QUALITY})")
+    args = parser.parse_args(argv)
+    try:
+        written = upscale.upscale_folder(args.src, args.dest, *args.upscale, quality=args.quality)
+    except ImageFolderError as exc:
+        parser.error(str(exc))
+    for image in written:
+        print(f"{image.path}  {image.width_px}x{image.height_px}  {image.size_bytes:,} bytes")
+    print(upscale.describe(written))
+    return EXIT_OK
+
+
+def _quality(text):
+    value = int(text)
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 100, not {text}")
+    return value
 
 
 # -- sweep -------------------------------------------------------------------

@@ -6,7 +6,13 @@ sending images until the run's budget is spent, and one RequestRecord per reques
                  (one http.client connection for both, reopened if the server closes it)
 
 The clock starts only when every thread has finished its warm-up, so neither
-warm-up requests nor the connections they open are counted. Bodies are spliced
+warm-up requests nor the connections they open are counted.
+
+A refusal (503) is counted as ``http_503`` and, by default, the thread sends
+its next image at once: Retry-After is ignored, which is what an overload
+benchmark wants (``--no-backoff`` says so explicitly). With
+``honor_retry_after`` a thread waits the Retry-After seconds of a refusal
+before its next request, as a well-behaved client does. Bodies are spliced
 from bytes (the images were base64-encoded before), so the client spends as
 little CPU per request as it can: on a small machine it shares the cores with
 the server it measures.
@@ -155,7 +161,7 @@ class _Budget:
         self._duration_s = duration_s
         self._deadline = None
         self._handed = 0
-        self._stopped = False
+        self._stopped = threading.Event()  # an Event, so that a pause for Retry-After ends at a stop
         self._lock = threading.Lock()
 
     def start_clock(self, t0):
@@ -163,11 +169,18 @@ class _Budget:
             self._deadline = t0 + self._duration_s
 
     def stop(self):
-        self._stopped = True
+        self._stopped.set()
+
+    def pause(self, pause_s):
+        """Wait pause_s, or less if the budget's deadline or a stop comes first."""
+        if self._deadline is not None:
+            pause_s = min(pause_s, self._deadline - time.perf_counter())
+        if pause_s > 0:
+            self._stopped.wait(pause_s)
 
     def next_image(self):
         with self._lock:
-            if (self._stopped or (self._count is not None and self._handed >= self._count)
+            if (self._stopped.is_set() or (self._count is not None and self._handed >= self._count)
                     or (self._deadline is not None and time.perf_counter() >= self._deadline)):
                 return None
             image = self._images[self._handed % len(self._images)]
@@ -178,8 +191,10 @@ class _Budget:
 class _Run:
     """The shared state of one run: budgets, the clock, and the records the threads produce."""
 
-    def __init__(self, images, target, threads, count, duration_s, warmup, timeout_s, on_record):
+    def __init__(self, images, target, threads, count, duration_s, warmup, timeout_s, on_record,
+                 honor_retry_after=False):
         self.target = target
+        self.honor_retry_after = honor_retry_after
         self.threads = threads
         self.timeout_s = timeout_s
         self.on_record = on_record
@@ -211,10 +226,10 @@ class _Run:
         connection = Connection(self.target, self.timeout_s)
         try:
             while (image := self.warmup_budget.next_image()) is not None:
-                self._request(connection, image, thread_index, counted=False)
+                self.warmup_budget.pause(self._request(connection, image, thread_index, counted=False))
             self.barrier.wait()
             while (image := self.budget.next_image()) is not None:
-                self._request(connection, image, thread_index, counted=True)
+                self.budget.pause(self._request(connection, image, thread_index, counted=True))
         except threading.BrokenBarrierError:
             pass  # another thread failed; its error is the one reported
         except BaseException as exc:
@@ -227,6 +242,7 @@ class _Run:
                 self.connections_opened += connection.opened
 
     def _request(self, connection, image, thread_index, counted):
+        """Send one image and record the verdict; return the seconds to pause before the next one."""
         request_id = str(uuid.uuid4())
         body = b"".join((_BODY_BEFORE_ID, request_id.encode(), _BODY_BEFORE_IMAGE, image.b64, _BODY_END))
         status = None
@@ -238,13 +254,16 @@ class _Run:
         except (OSError, http.client.HTTPException) as exc:
             verdict = Verdict(CONNECTION, f"{type(exc).__name__}: {exc}".rstrip(": "))
         end = time.perf_counter()
+        pause_s = 0.0
         if status is not None:
             verdict = judge(status, headers, reply, request_id)
+            if self.honor_retry_after and status == 503:
+                pause_s = _retry_after_s(headers)
         with self.lock:
             if not counted:
                 self.warmup_requests += 1
                 self.warmup_errors += verdict.error is not None
-                return
+                return pause_s
             record = RequestRecord(
                 id=request_id, image=image.name, thread=thread_index, start_s=start - self.t0,
                 latency_ms=(end - start) * 1000, status=status,
@@ -254,6 +273,7 @@ class _Run:
             self.last_end = end if self.last_end is None else max(self.last_end, end)
             if self.on_record is not None:
                 self.on_record(record)
+        return pause_s
 
     def progress(self):
         if self.t0 is None:
@@ -263,8 +283,16 @@ class _Run:
                         total=self.count, elapsed_s=time.perf_counter() - self.t0, duration_s=self.duration_s)
 
 
+def _retry_after_s(headers):
+    """Retry-After in seconds; 0 when absent or an HTTP date (detserve sends seconds)."""
+    try:
+        return max(0.0, float(headers.get("Retry-After", "")))
+    except ValueError:
+        return 0.0
+
+
 def run_load(images, url, threads, *, repeat=1, duration_s=None, warmup=0, timeout_s=DEFAULT_TIMEOUT_S,
-             on_record=None, progress=None):
+             on_record=None, progress=None, honor_retry_after=False):
     """Send images to url from `threads` threads and return the Summary of the counted requests.
 
     The run is bounded by `duration_s` if given (requests in flight at the end
@@ -273,7 +301,8 @@ def run_load(images, url, threads, *, repeat=1, duration_s=None, warmup=0, timeo
     each counted request, one call at a time; `progress(Progress)` is called
     from the calling thread a few times a second and once at the end.
     Ctrl-C stops handing out images; the Summary then covers what finished
-    and says interrupted=True.
+    and says interrupted=True. A 503 is followed at once by the next request
+    unless `honor_retry_after`, which waits its Retry-After seconds first.
     """
     if not images:
         raise ValueError("no images to send")
@@ -285,7 +314,7 @@ def run_load(images, url, threads, *, repeat=1, duration_s=None, warmup=0, timeo
         raise ValueError(f"duration must be positive, not {duration_s}")
     target = Target.parse(url)
     count = None if duration_s is not None else len(images) * repeat
-    run = _Run(images, target, threads, count, duration_s, warmup, timeout_s, on_record)
+    run = _Run(images, target, threads, count, duration_s, warmup, timeout_s, on_record, honor_retry_after)
     workers = [threading.Thread(target=run.worker, args=(i,), name=f"bench-{i}", daemon=True)
                for i in range(threads)]
     for w in workers:

@@ -9,6 +9,11 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"listening on http://[^:]+:(\d+)")
 READY = re.compile(r"ready: \d+ workers in ([\d.]+) s")
+UNKNOWN_FLAG = re.compile(r"error: unrecognized arguments: (.*)")
+
+
+class ServerRejectedArguments(RuntimeError):
+    """The server exited at start because it does not know a flag it was given (an older server)."""
 
 
 def worker_pids(server_pid):
@@ -40,7 +45,9 @@ class ServerUnderTest:
         self.proc = subprocess.Popen(self.args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
         self.port = self.startup_s = None
+        early_lines = []
         for line in self.proc.stderr:
+            early_lines.append(line)
             if self.port is None and LISTENING.search(line):
                 self.port = int(LISTENING.search(line).group(1))
             match = READY.search(line)
@@ -48,6 +55,10 @@ class ServerUnderTest:
                 self.startup_s = float(match.group(1))
                 break
         if self.startup_s is None:
+            unknown = next((UNKNOWN_FLAG.search(line) for line in early_lines if UNKNOWN_FLAG.search(line)), None)
+            self.proc.wait(timeout=60)
+            if unknown:
+                raise ServerRejectedArguments(f"this server does not know {unknown.group(1).strip()}")
             raise RuntimeError(f"detserve did not become ready (exit code {self.proc.poll()})")
         # Keep draining its log so a full pipe never blocks the server.
         threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()

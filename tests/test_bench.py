@@ -378,3 +378,119 @@ def test_plot_draws_a_png_when_matplotlib_is_installed(tmp_path):
     proc = bench("plot", results, "-o", tmp_path / "out.png")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- large images -------------------------------------------------------------
+
+def test_bench_images_writes_every_image_at_the_asked_size_as_jpeg_and_the_same_bytes_twice(tmp_path):
+    import cv2
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("camera.jpg", "rocket.jpg"):
+        (src / name).write_bytes((REPO_ROOT / "inputfolder" / name).read_bytes())
+    cv2.imwrite(str(src / "flat.png"), cv2.imread(str(src / "camera.jpg"))[:40, :60])
+    outputs = []
+    for dest in (tmp_path / "large-1", tmp_path / "large-2"):
+        proc = bench("images", src, dest, "--upscale", "640x352", "--quality", 90)
+        assert proc.returncode == 0, proc.stderr
+        assert "wrote 3 JPEG images of 640x352 px" in proc.stdout
+        outputs.append({p.name: p.read_bytes() for p in dest.iterdir()})
+    assert set(outputs[0]) == {"camera.jpg", "rocket.jpg", "flat.jpg"}
+    assert outputs[0] == outputs[1], "the same source and options give the same bytes"
+    for name, data in outputs[0].items():
+        assert data[:3] == b"\xff\xd8\xff", f"{name} is not a JPEG"
+        assert cv2.imread(str(tmp_path / "large-1" / name)).shape == (352, 640, 3)
+
+
+@pytest.mark.parametrize("size", ["4032", "0x10", "axb"])
+def test_bench_images_refuses_a_size_that_is_not_width_x_height(tmp_path, size):
+    proc = bench("images", REPO_ROOT / "inputfolder", tmp_path / "out", "--upscale", size)
+    assert proc.returncode == 2
+    assert "WIDTHxHEIGHT" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# -- overload -----------------------------------------------------------------
+
+def test_no_backoff_counts_goodput_refusals_and_exits_0_when_every_answer_is_200_or_503(stand_in, tmp_path):
+    folder = make_folder(tmp_path / "half-busy", ["ok.jpg", "busy.png"])
+    proc = bench(folder, stand_in.url, 2, "--repeat", 5, "--no-backoff", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    figures = summary["overload"]
+    assert summary["errors_by_kind"] == {"http_503": 5}, "a refusal is still counted as http_503"
+    assert (figures["accepted"], figures["refused"], figures["timeouts"], figures["other_errors"]) == (5, 0 + 5, 0, 0)
+    assert figures["requests"] == 10 == stand_in.requests, "no pause, no resend beyond the budget"
+    assert figures["goodput_img_per_s"] == pytest.approx(5 / summary["wall_s"], rel=1e-3)
+    assert figures["refusals_per_s"] == pytest.approx(5 / summary["wall_s"], rel=1e-3)
+    assert figures["accepted_p50_ms"] <= figures["accepted_p99_ms"] <= summary["latency_max_ms"]
+    assert figures["latency_of"] == "requests answered 200"
+
+
+def test_no_backoff_text_report_and_a_timeout_fails_the_run(stand_in, tmp_path):
+    folder = make_folder(tmp_path / "busy-and-slow", ["busy.png", "slow.jpg", "ok.jpg"])
+    proc = bench(folder, stand_in.url, 3, "--no-backoff", "--timeout", TIMEOUT_S)
+    assert proc.returncode == 1, "a time-out is a failure even under overload"
+    assert "overload (--no-backoff)" in proc.stdout
+    for words in ("goodput", "refusals", "time-outs     1", "requests answered 200"):
+        assert words in proc.stdout
+
+
+def test_the_default_client_resends_at_once_and_honor_retry_after_waits(stand_in, tmp_path):
+    folder = make_folder(tmp_path / "busy", ["busy.png"])
+    default = run_load(load_folder(folder), stand_in.url, 1, repeat=3)
+    assert [r.status for r in default.records] == [503] * 3
+    # The stand-in says Retry-After: 1, longer than the run: a client that honours it sends one request.
+    honoring = run_load(load_folder(folder), stand_in.url, 1, duration_s=0.5, honor_retry_after=True)
+    assert honoring.requests == 1 and honoring.errors_by_kind == {"http_503": 1}
+
+
+# -- wrk ----------------------------------------------------------------------
+
+def test_wrk_output_of_an_overload_is_read_with_statuses_apart():
+    from bench.wrk import parse_output
+    result = parse_output((REPO_ROOT / "tests" / "data" / "wrk-overload-64-connections.txt").read_text())
+    assert (result.threads, result.connections, result.requests, result.duration_s) == (2, 64, 4568, 3.03)
+    assert result.requests_per_s == 1505.54 and result.non_2xx == 4535
+    assert result.statuses == {200: 33, 503: 4535}
+    assert result.socket_errors == {"connect": 0, "read": 0, "write": 0, "timeout": 0}
+    assert result.latency_percentiles_ms == {50: 29.43, 75: 71.94, 90: 555.54, 99: 1560.0}
+    assert (result.latency_mean_ms, result.latency_max_ms) == (153.62, 1860.0)
+    figures = result.overload_figures()
+    assert (figures.accepted, figures.refused, figures.timeouts, figures.other_errors) == (33, 4535, 0, 0)
+    assert figures.goodput_img_per_s == pytest.approx(33 / 3.03)
+    assert figures.refusals_per_s == pytest.approx(4535 / 3.03)
+
+
+def test_wrk_output_without_refusals_or_status_line_is_read():
+    from bench.wrk import WrkOutputError, parse_output
+    text = (REPO_ROOT / "tests" / "data" / "wrk-2-connections.txt").read_text()
+    result = parse_output(text)
+    assert (result.connections, result.requests, result.non_2xx, result.statuses) == (2, 41, 0, {200: 41})
+    assert result.latency_percentiles_ms[99] == 168.14
+    without_status = parse_output("\n".join(line for line in text.splitlines() if "DETSERVE_WRK" not in line))
+    assert without_status.statuses == {} and without_status.requests == 41
+    with pytest.raises(WrkOutputError, match="cut short"):
+        parse_output(text.split("Requests/sec")[0])
+
+
+def test_wrk_run_against_the_stand_in_counts_200s_and_503s(stand_in, tmp_path):
+    import shutil
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (apt-get install wrk)")
+    from bench.wrk import run_wrk
+    folder = make_folder(tmp_path / "half-busy", ["ok.jpg", "busy.png"])
+    result = run_wrk(folder, stand_in.url, connections=2, threads=2, duration_s=2, timeout_s=5)
+    assert result.statuses[200] > 0 and result.statuses[503] > 0
+    assert sum(result.statuses.values()) == result.requests
+    assert result.non_2xx == result.statuses[503]
+    assert stand_in.requests >= result.requests, "wrk counts only what the stand-in answered"
+    assert result.overload_figures().timeouts == 0
+
+
+def test_bench_wrk_without_wrk_says_how_to_install_it(ok_folder, stand_in):
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent))  # python, and no wrk
+    proc = subprocess.run([sys.executable, "-m", "bench.wrk", str(ok_folder), stand_in.url, "--duration", "1"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2
+    assert "apt-get install wrk" in proc.stderr

@@ -4,9 +4,11 @@ import json
 import subprocess
 import sys
 
-from conftest import INPUT_FOLDER, REPO_ROOT, sample_images
+import pytest
+from conftest import INPUT_FOLDER, REPO_ROOT, ServerProcess, sample_images
 
 from bench import load_folder, run_load
+from bench.server_process import ServerRejectedArguments, ServerUnderTest
 
 
 def test_a_sweep_of_1_and_4_threads_has_no_errors_and_sane_numbers(server, tmp_path):
@@ -33,3 +35,38 @@ def test_run_load_in_process_checks_every_answer(server):
     assert summary.errors == 0, summary.errors_by_kind
     assert {r.image for r in summary.records} == {p.name for p in sample_images()}
     assert all(r.status == 200 for r in summary.records)
+
+
+def test_no_backoff_overload_of_a_real_server_answers_every_request_200_or_503(tmp_path):
+    # One worker and a queue of one: six senders that never pause are certain to be refused at times.
+    with ServerProcess("--workers", "1", "--queue-size", "1") as server:
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench", str(INPUT_FOLDER), server.url + "/api/", "6", "--repeat", "4",
+             "--no-backoff", "--json", "--quiet"],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads(proc.stdout)
+    figures = summary["overload"]
+    assert figures["requests"] == 4 * len(sample_images())
+    assert figures["refused"] > 0, "the queue of one was never full"
+    assert figures["accepted"] > 0
+    assert figures["accepted"] + figures["refused"] == figures["requests"], "every request got 200 or 503"
+    assert figures["timeouts"] == figures["other_errors"] == 0
+    assert figures["accepted"] == summary["successes"], "every 200 carried its own id and valid detections"
+
+
+def test_large_images_made_on_the_fly_are_served(server):
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", str(INPUT_FOLDER), server.url + "/api/", "2", "--upscale", "1600x1200",
+         "--json", "--quiet"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "wrote 6 JPEG images of 1600x1200 px" in proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["successes"] == summary["requests"] == len(sample_images())
+
+
+def test_the_benchmark_launcher_says_when_the_server_does_not_know_a_flag():
+    with pytest.raises(ServerRejectedArguments, match="does not know --no-such-flag"):
+        with ServerUnderTest(1, ["--no-such-flag", "x"]):
+            pass
