@@ -28,7 +28,8 @@ class TextFormatter(logging.Formatter):
     def format(self, record):
         fields = getattr(record, "access", None)
         if fields is None:
-            return f"detserve: {record.getMessage()}"
+            line = f"detserve: {record.getMessage()}"
+            return line + "\n" + self.formatException(record.exc_info) if record.exc_info else line
         request_line = json.dumps(f'{fields["method"]} {fields["path"]}')  # the path is the client's
         line = (f'{fields["remote"]} {request_line} {fields["status"]} {fields["bytes"]}B '
                 f'{fields["duration_ms"]:.1f}ms rid={_text_value(fields["request_id"])}')
@@ -45,6 +46,8 @@ class JsonFormatter(logging.Formatter):
         fields = getattr(record, "access", None)
         if fields is None:
             entry.update(level=record.levelname.lower(), logger=record.name, message=record.getMessage())
+            if record.exc_info:  # the traceback stays inside this one JSON line
+                entry["exception"] = self.formatException(record.exc_info)
         else:
             entry.update({"level": "info", "logger": record.name,
                           **{k: fields.get(k) for k in ACCESS_FIELDS}})

@@ -99,6 +99,7 @@ def worker_hung():
 @dataclass(frozen=True)
 class TaskHeader:
     task_id: int
+    request_id: str  # the client's X-Request-ID, for the worker's log lines
     media_type: str
     query_image_id: Optional[str]
     enqueued_at_s: float  # time.monotonic(), which every process on the host shares
@@ -106,7 +107,7 @@ class TaskHeader:
 
 
 def encode_task_header(header):
-    return json.dumps([header.task_id, header.media_type, header.query_image_id,
+    return json.dumps([header.task_id, header.request_id, header.media_type, header.query_image_id,
                        header.enqueued_at_s, header.deadline_s]).encode()
 
 

@@ -161,14 +161,15 @@ def double_encoded(inner_text):
     return ('"' + escaped(inner_text.replace('"', r'\"')) + '"').encode()
 
 
-# (body, the id its 400 names). The first two kill today's worker (RecursionError in the
-# inner json.loads); the others probe for other exceptions and must stay a plain 400.
+# (body, the id its 400 names: none when the shape is refused before parsing). The first two
+# once killed the worker (RecursionError in the inner json.loads); the others probe for other
+# exceptions and must stay a plain 400.
 HOSTILE_JSON = {
     "5000-nested-arrays": (double_encoded("[" * 5000 + "]" * 5000), None),
     "5000-nested-objects-in-image": (
         double_encoded('{"id": "x", "image": ' + '{"a": ' * 5000 + "1" + "}" * 5001), None),
     "50000-objects": (double_encoded("[" + "{}," * 50000 + "{}]"), None),
-    "50000-commas-in-image": (double_encoded('{"id": "x", "image": [' + "1," * 50000 + "1]}"), "x"),
+    "50000-commas-in-image": (double_encoded('{"id": "x", "image": [' + "1," * 50000 + "1]}"), None),
     "5000-digit-id": (double_encoded('{"id": ' + "7" * 5000 + ', "image": "x"}'), None),
     "huge-exponent-id": (double_encoded('{"id": 1e999999, "image": "x"}'), None),
     "nan-image": (b'{"id": "x", "image": NaN}', "x"),

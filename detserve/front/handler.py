@@ -197,8 +197,8 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
             self.wfile.flush()
         body = read_body(self.rfile, self.connection, admitted.body_length, config.client_timeout_s)
         self._body_read = True
-        pending = PendingRequest(state.next_task_id(), admitted.media_type, admitted.query_image_id, body,
-                                 arrived_s + config.request_timeout_s)
+        pending = PendingRequest(state.next_task_id(), self._request_id, admitted.media_type,
+                                 admitted.query_image_id, body, arrived_s + config.request_timeout_s)
         try:
             state.pool.submit(pending)
         except Refusal as refusal:

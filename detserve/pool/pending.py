@@ -9,11 +9,12 @@ from ..protocol import Result, TaskHeader
 class PendingRequest:
     """Held by the queue, then by the worker slot it was sent to; waited on by its handler thread."""
 
-    __slots__ = ("task_id", "media_type", "query_image_id", "body", "enqueued_at_s", "deadline_s",
+    __slots__ = ("task_id", "request_id", "media_type", "query_image_id", "body", "enqueued_at_s", "deadline_s",
                  "_done", "result")
 
-    def __init__(self, task_id, media_type, query_image_id, body, deadline_s):
+    def __init__(self, task_id, request_id, media_type, query_image_id, body, deadline_s):
         self.task_id = task_id
+        self.request_id = request_id
         self.media_type = media_type
         self.query_image_id = query_image_id
         self.body = body  # dropped once it is handed to a worker's sender
@@ -23,7 +24,8 @@ class PendingRequest:
         self.result = None
 
     def header(self):
-        return TaskHeader(self.task_id, self.media_type, self.query_image_id, self.enqueued_at_s, self.deadline_s)
+        return TaskHeader(self.task_id, self.request_id, self.media_type, self.query_image_id,
+                          self.enqueued_at_s, self.deadline_s)
 
     def resolve(self, result):
         """Answer this request; the first answer wins (a late one from a dead worker is ignored)."""

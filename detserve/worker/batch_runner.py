@@ -5,8 +5,8 @@ inference, so a backlog never makes the worker do work nobody waits for.
 """
 
 import json
+import logging
 import time
-import traceback
 
 import cv2
 
@@ -15,10 +15,17 @@ from ..protocol import RejectReason, Refusal, Result, past_deadline
 from .image_decoding import decode_image
 from .request_parsing import parse_body
 
+log = logging.getLogger("detserve.worker")
+
 
 
 def out_of_memory():
     return Refusal(413, "the request needs more memory than this worker has; send a smaller image")
+
+
+def internal_error(header):
+    return Refusal(500, f"internal server error; see the server log for request id {header.request_id}",
+                   RejectReason.INTERNAL_ERROR)
 
 
 class BatchRunner:
@@ -29,7 +36,20 @@ class BatchRunner:
         self.cpus = cpu_budget.available_cpus()
 
     def run(self, tasks):
-        """One Result per task (matched by task_id); one forward pass for all images that decode."""
+        """One Result per task (matched by task_id); one forward pass for all images that decode.
+
+        This is the boundary no request crosses: whatever one task's bytes make our
+        code raise becomes that task's answer, and the worker lives on. Only the
+        model itself failing is allowed to end a worker, and not from here.
+        """
+        try:
+            return self._run(tasks)
+        except Exception:
+            log.exception("batch of %d failed (request ids %s)", len(tasks),
+                          ", ".join(header.request_id for header, _ in tasks))
+            return [Result.failure(header.task_id, internal_error(header)) for header, _ in tasks]
+
+    def _run(self, tasks):
         started_s = time.monotonic()
         results = []
         images, accepted = [], []
@@ -55,8 +75,13 @@ class BatchRunner:
         try:
             request = parse_body(body, header.media_type, header.query_image_id)
             return request.image_id, decode_image(request, self.config.max_pixels, self.config.decode_reduction)
+        except Refusal:
+            raise
         except MemoryError:  # one oversized request must not take the worker (and its neighbours) down
             raise out_of_memory() from None
+        except Exception:  # a bug of ours that these bytes found: their answer, not the worker's end
+            log.exception("request %s: unexpected error reading its image", header.request_id)
+            raise internal_error(header) from None
 
     def _detect(self, images, accepted):
         try:
@@ -67,7 +92,8 @@ class BatchRunner:
                                                    [image.original_size_px for image in images])
             inference_s = time.perf_counter() - started
         except Exception as exc:  # every request of a failed batch gets the error
-            traceback.print_exc()
+            log.exception("inference failed for request ids %s",
+                          ", ".join(header.request_id for header, _, _ in accepted))
             refusal = Refusal(500, f"inference failed: {type(exc).__name__}", RejectReason.INFERENCE_ERROR)
             return [Result.failure(header.task_id, refusal, image_id=image_id, queue_wait_s=wait_s,
                                    batch_size=len(images))

@@ -34,6 +34,7 @@ class ImageHeader:
     format: str
     width: int
     height: int
+    scans: int = 1  # passes over the whole image a decoder makes: a progressive JPEG's scans
 
     @property
     def pixels(self):
@@ -97,6 +98,6 @@ def _read_jpeg(data):
             scans = data.count(b"\xff\xda", pos)
             if scans > MAX_JPEG_SCANS:
                 raise ImageHeaderError(f"the JPEG has {scans} scans, more than the {MAX_JPEG_SCANS} allowed")
-            return ImageHeader("JPEG", *size)
+            return ImageHeader("JPEG", *size, scans=scans)
         pos += 2 + length
     raise ImageHeaderError("the JPEG is truncated (it ends before its image data)")

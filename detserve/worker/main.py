@@ -7,13 +7,20 @@ imported in the boot step, where a broken install or a model that cannot
 load is reported to the pool as a boot failure.
 """
 
+import ctypes
 import os
 import signal
 import sys
 import time
 
+from .. import logs
 from ..protocol import ExitCode, WorkerBootFailed, WorkerReady
 from .batch_collection import collect_batch
+
+# After a batch this large, freed heap pages are handed back to the system: glibc
+# keeps them otherwise (its mmap threshold rises after the first big free), and a
+# single 20 MB request would leave the worker that much larger for good.
+RELEASE_MEMORY_AFTER_BYTES = 4 << 20
 
 
 def worker_main(worker_index, task_conn, result_conn, busy_flags, config):
@@ -21,6 +28,7 @@ def worker_main(worker_index, task_conn, result_conn, busy_flags, config):
     # reaches the whole process group and must not kill accepted work.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logs.configure(config.log_format)  # so a worker's lines match the server's, JSON included
     runner = _boot(worker_index, result_conn, busy_flags, config)
     stop = False
     while not stop:
@@ -35,8 +43,19 @@ def worker_main(worker_index, task_conn, result_conn, busy_flags, config):
         # neighbour that counted it idle would take both CPUs and oversubscribe.
         busy_flags.mark_busy(worker_index)
         result_conn.send(runner.run(tasks))
+        batch_bytes = sum(len(body) for _, body in tasks)
+        tasks = None  # the bodies are garbage now, not held until the next batch arrives
+        if batch_bytes >= RELEASE_MEMORY_AFTER_BYTES:
+            release_freed_memory()
         if not task_conn.poll(0):
             busy_flags.mark_idle(worker_index)
+
+
+def release_freed_memory():
+    """Return freed heap memory to the system (glibc's malloc_trim); elsewhere, nothing."""
+    malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the process's own C library
+    if malloc_trim is not None:  # not glibc: its allocator returns memory by itself, or never
+        malloc_trim(0)
 
 
 def _boot(worker_index, result_conn, busy_flags, config):

@@ -47,21 +47,9 @@ def parse_body(body, media_type, query_image_id=None):
 
 
 def _parse_json_body(body):
-    # A 20 MB body of `[{},{},...]` costs json.loads half a gigabyte. The documented
-    # body has one object and two fields, and base64 holds none of these bytes, so
-    # count them first, in C, and refuse anything shaped otherwise.
-    structure = body.count(b"{") + body.count(b"[") + body.count(b",")
-    if structure > MAX_JSON_STRUCTURE:
-        raise Refusal(400, f'the JSON has {structure:,} objects, arrays or commas; expected '
-                              '{"id": "...", "image": "<base64>"}')
-    try:
-        payload = json.loads(body)
-        if isinstance(payload, str):  # double-encoded: a JSON string holding the object
-            payload = json.loads(payload)
-    except UnicodeDecodeError:
-        raise Refusal(400, "the body is not valid UTF-8 JSON") from None
-    except ValueError as exc:
-        raise Refusal(400, f"the body is not valid JSON ({exc})") from None
+    payload = _load_json(body)
+    if isinstance(payload, str):  # double-encoded: a JSON string holding the object
+        payload = _load_json(payload)
     if not isinstance(payload, dict):
         raise Refusal(400, 'the JSON body must be an object {"id": ..., "image": ...}')
     if "id" not in payload:
@@ -73,6 +61,28 @@ def _parse_json_body(body):
     if not isinstance(image, str):
         raise Refusal(400, f'"image" must be a base64 string, not {type(image).__name__}', image_id=image_id)
     return ImageRequest(image_id, decode_base64(image, image_id=image_id))
+
+
+def _load_json(text):
+    """json.loads of body bytes or of a decoded inner string, refusing any other shape first."""
+    # A 20 MB body of `[{},{},...]` costs json.loads half a gigabyte. The documented
+    # body has one object and two fields, and base64 holds none of these characters,
+    # so count them first, in C, and refuse anything shaped otherwise. A double-encoded
+    # body is counted again once decoded: escapes such as \u005b hide its structure
+    # from the first count.
+    marks = (b"{", b"[", b",") if isinstance(text, bytes) else ("{", "[", ",")
+    structure = sum(text.count(mark) for mark in marks)
+    if structure > MAX_JSON_STRUCTURE:
+        raise Refusal(400, f'the JSON has {structure:,} objects, arrays or commas; expected '
+                           '{"id": "...", "image": "<base64>"}')
+    try:
+        return json.loads(text)
+    except UnicodeDecodeError:
+        raise Refusal(400, "the body is not valid UTF-8 JSON") from None
+    except ValueError as exc:
+        raise Refusal(400, f"the body is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise Refusal(400, "the JSON is nested too deeply") from None
 
 
 def decode_base64(text, image_id=None):
