@@ -31,6 +31,10 @@ class Config:
     drain_timeout_s: float = 20.0
     client_timeout_s: float = 10.0
     max_body_mb: float = 20.0
+    # Bounds the front end's memory: bodies being read or held, across all
+    # connections (8 maximal bodies by default); and connections, each a thread.
+    max_body_buffer_mb: float = 160.0
+    max_connections: int = 256
     max_pixels: int = 40_000_000
     decode_reduction: str = "auto"
     confidence: float = 0.3
@@ -43,6 +47,10 @@ class Config:
     @property
     def max_body_bytes(self):
         return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def max_body_buffer_bytes(self):
+        return int(self.max_body_buffer_mb * 1024 * 1024)
 
     @property
     def max_wait_s(self):
@@ -66,6 +74,9 @@ HELP = {
     "drain_timeout_s": "on SIGTERM/SIGINT, how long accepted requests may take to finish",
     "client_timeout_s": "idle or slow client connections are closed after this",
     "max_body_mb": "largest request body accepted (413 above it)",
+    "max_body_buffer_mb": "request body bytes the front end holds at once, across all connections "
+                          "(a body that would pass it is refused with 503 before it is read)",
+    "max_connections": "open client connections (each has a thread); beyond it a new one gets 503 and is closed",
     "max_pixels": "largest image accepted, width x height (413 above it), checked before decoding",
     "decode_reduction": "auto: decode a large JPEG at 1/2, 1/4 or 1/8 scale while both sides stay >= 832 px "
                         "(boxes stay in the original's pixels); off: always decode in full",
@@ -131,10 +142,12 @@ def validate(config):
     if not 0 <= config.port <= 65535:
         return "--port must be between 0 and 65535"
     positive = ("workers", "max_batch", "queue_size", "request_timeout_s", "drain_timeout_s",
-                "client_timeout_s", "max_body_mb", "max_pixels")
+                "client_timeout_s", "max_body_mb", "max_body_buffer_mb", "max_connections", "max_pixels")
     for name in positive:
         if getattr(config, name) <= 0:
             return f"--{name.replace('_', '-')} must be greater than 0"
+    if config.max_body_buffer_mb < config.max_body_mb:
+        return "--max-body-buffer-mb must be at least --max-body-mb, or the largest body could never be read"
     if config.max_wait_ms < 0 or config.cv_threads < 0:
         return "--max-wait-ms and --cv-threads cannot be negative"
     if not (0 < config.confidence < 1 and 0 < config.nms <= 1):

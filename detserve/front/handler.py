@@ -5,9 +5,11 @@ reader, pool) and turned into an answer, a metric and a log line here, in
 _refuse.
 """
 
+import http.client
 import json
 import logging
 import re
+import socket
 import time
 import uuid
 from http import HTTPStatus
@@ -22,12 +24,18 @@ from ..protocol import RejectReason, Refusal
 from . import admission, page
 from .body_reader import read_body
 from .deadline_reader import DeadlineLineReader
+from .request_head import MAX_HEAD_BYTES, HeadError, parse_head
 
 log = logging.getLogger("detserve.http")
 
 API_PATHS = ("/api/", "/api")
 GET_ROUTES = ("/", "/healthz", "/readyz", "/metrics")
 CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# Closing a socket with unread input makes the kernel answer with a reset, which can
+# destroy the error answer just written. So unread input is drained for a moment
+# first (nginx's lingering close), bounded in time and bytes.
+LINGER_S = 1.0
+LINGER_MAX_BYTES = 1 << 20
 
 WELCOME_TEXT = (
     "detserve: object detection with YOLOv3-tiny.\n"
@@ -57,11 +65,9 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
         super().setup()
         self.rfile = DeadlineLineReader(self.rfile, self.connection)
 
-    def handle_expect_100(self):
-        return True  # 100 Continue is sent by _detect, after its checks, not before them
-
     def handle_one_request(self):
-        self.headers = self.path = None  # never a previous request's, if this one fails to parse
+        self.headers = self.path = self.command = None  # never a previous request's, if this one fails
+        self.request_version = self.default_request_version
         # An idle keep-alive and the request line and headers share one --client-timeout-s.
         self.rfile.deadline_s = time.monotonic() + self.timeout
         self._started_s = None  # set when a request line arrives, not while a keep-alive idles
@@ -71,7 +77,77 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
         self._request_id = None
         self._route = "other"
         self._log = {"image_id": None, "batch_size": None, "error": None}
-        super().handle_one_request()
+        try:
+            self.raw_requestline = self.rfile.readline(MAX_HEAD_BYTES + 1)
+            if not self.raw_requestline:
+                self.close_connection = True
+                return
+            if self.parse_request():
+                getattr(self, "do_" + self.command, self._unsupported_method)()
+                self.wfile.flush()
+        except TimeoutError:  # a read or a write timed out: discard this connection
+            self.close_connection = True
+
+    def parse_request(self):
+        """Parse the request line and headers strictly (RFC 9112); on a bad head answer and close."""
+        self._started_s = time.perf_counter()
+        self.close_connection = True
+        try:
+            head = self.raw_requestline + self._read_header_lines(MAX_HEAD_BYTES - len(self.raw_requestline))
+            self.command, self.path, self.request_version, fields = parse_head(head)
+        except HeadError as error:
+            self.send_error(error.status, error.message)
+            return False
+        self.requestline = self.raw_requestline.decode("latin-1").rstrip("\r\n")
+        self.headers = http.client.HTTPMessage()
+        for name, value in fields:
+            self.headers[name] = value  # appends: a repeated header stays repeated
+        connection = self.headers.get("Connection", "").lower()
+        if self.request_version == "HTTP/1.1":
+            self.close_connection = connection == "close"
+        else:
+            self.close_connection = connection != "keep-alive"
+        return True
+
+    def _read_header_lines(self, budget_bytes):
+        """The header lines up to and with the blank line, refusing a head over budget_bytes."""
+        lines = []
+        while True:
+            line = self.rfile.readline(max(0, budget_bytes) + 1)
+            budget_bytes -= len(line)
+            lines.append(line)
+            if budget_bytes < 0:
+                raise HeadError(431, f"the request line and headers are more than {MAX_HEAD_BYTES:,} bytes; "
+                                     "send fewer or shorter headers")
+            if line in (b"\r\n", b"\n", b""):
+                return b"".join(lines)
+
+    def _unsupported_method(self):
+        self.send_error(501, f"the method {self.command} is not supported")
+
+    def finish(self):
+        if self.close_connection and self._unread_input():
+            self._linger()
+        super().finish()
+
+    def _unread_input(self):
+        """Whether the client may still be sending: a body or a head we did not read."""
+        return getattr(self, "_responded", False) and (self._unread_body() or self.headers is None)
+
+    def _linger(self):
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)  # the answer is complete; we only read now
+            deadline_s = time.monotonic() + LINGER_S
+            drained = 0
+            while drained < LINGER_MAX_BYTES and time.monotonic() < deadline_s:
+                self.connection.settimeout(max(0.01, deadline_s - time.monotonic()))
+                chunk = self.connection.recv(65536)
+                if not chunk:
+                    break
+                drained += len(chunk)
+        except OSError:
+            pass  # the client went away first: nothing left to protect
 
     def log_request(self, code="-", size="-"):
         pass  # one access line per request is written by _send, with more fields
@@ -188,10 +264,18 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
 
     def _admit_and_answer(self):
         state = self.server.state
-        config = state.config
         arrived_s = time.monotonic()
-        admitted = admission.admit(self.headers, urlsplit(self.path).query, config, state.draining)
-        if self.headers.get("Expect", "").lower() == "100-continue":
+        admitted = admission.admit(self.headers, urlsplit(self.path).query, state.config, state.draining)
+        state.body_budget.reserve(admitted.body_length)  # before a byte of the body is read
+        try:
+            self._read_and_answer(admitted, arrived_s)
+        finally:
+            state.body_budget.release(admitted.body_length)
+
+    def _read_and_answer(self, admitted, arrived_s):
+        state = self.server.state
+        config = state.config
+        if self.headers.get("Expect", "").lower() == "100-continue" and self.request_version == "HTTP/1.1":
             # Only now, after every check a refusal could come from, invite the body.
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.wfile.flush()
@@ -199,6 +283,7 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
         self._body_read = True
         pending = PendingRequest(state.next_task_id(), self._request_id, admitted.media_type,
                                  admitted.query_image_id, body, arrived_s + config.request_timeout_s)
+        del body  # the pending request holds it until a sender has written it to a worker
         try:
             state.pool.submit(pending)
         except Refusal as refusal:
@@ -218,7 +303,7 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
     def send_error(self, code, message=None, explain=None):
         """http.server calls this for malformed requests; answer JSON, never HTML."""
         if not self._request_id:
-            self._request_id = self._pick_request_id() if getattr(self, "headers", None) else uuid.uuid4().hex
+            self._request_id = self._pick_request_id() if self.headers is not None else uuid.uuid4().hex
         self._started_s = self._started_s or time.perf_counter()
         self._refuse(Refusal(code, message or HTTPStatus(code).phrase, close=True))
 

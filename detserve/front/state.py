@@ -5,6 +5,7 @@ import itertools
 import threading
 
 from ..metrics import GaugeReadings
+from .body_budget import BodyBudget
 
 
 class ServerState:
@@ -12,6 +13,7 @@ class ServerState:
         self.config = config
         self.pool = pool
         self.metrics = metrics
+        self.body_budget = BodyBudget(config.max_body_buffer_bytes)
         self.draining = False  # set once by server.run on the first SIGTERM/SIGINT
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()

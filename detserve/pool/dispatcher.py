@@ -30,6 +30,7 @@ class Dispatcher(threading.Thread):
                 if self._stopping.is_set():
                     return
                 pending = self._queue.pop()
+                self._changed.notify_all()  # a submitter waiting for room in the queue has it
                 now_s = time.monotonic()
                 expired = now_s > pending.deadline_s
                 if not expired:

@@ -1,12 +1,12 @@
-"""The bounded queue between the handler threads and the workers, counted in requests and bytes."""
+"""The bounded queue between the handler threads and the workers.
+
+Its bytes are bounded before it, by the front end's body budget
+(--max-body-buffer-mb), which every body reserves before it is read.
+"""
 
 from collections import deque
 
 from ..protocol import RejectReason, Refusal, retry_headers
-
-# --queue-size full of 20 MB bodies would be 1.3 GB in the front end: bound the
-# bytes too, at a few maximal bodies; ordinary images never reach it.
-QUEUED_BODIES_BUDGET = 8
 
 
 def overloaded(why):
@@ -17,31 +17,26 @@ def overloaded(why):
 class RequestQueue:
     """FIFO of PendingRequest. Not locked itself: the pool's condition guards every call."""
 
-    def __init__(self, max_requests, max_body_bytes):
+    def __init__(self, max_requests):
         self.max_requests = max_requests
-        self.max_bytes = QUEUED_BODIES_BUDGET * max_body_bytes
         self._items = deque()
-        self._bytes = 0
 
     def __len__(self):
         return len(self._items)
 
+    def is_full(self):
+        return len(self._items) >= self.max_requests
+
     def put(self, pending):
-        """Append pending, or raise the overload Refusal that says which bound it hit."""
-        if len(self._items) >= self.max_requests:
+        """Append pending, or raise the overload Refusal when the queue is full."""
+        if self.is_full():
             raise overloaded(f"the queue is full ({self.max_requests} requests waiting)")
-        if self._bytes + len(pending.body) > self.max_bytes:
-            raise overloaded(f"the queue holds {self._bytes / 2**20:.0f} MB of images already")
-        self._bytes += len(pending.body)
         self._items.append(pending)
 
     def pop(self):
-        pending = self._items.popleft()
-        self._bytes -= len(pending.body)
-        return pending
+        return self._items.popleft()
 
     def take_all(self):
         items = list(self._items)
         self._items.clear()
-        self._bytes = 0
         return items

@@ -19,6 +19,10 @@ TICK_S = 0.25  # how often hangs and due respawns are checked when nothing else 
 # fourth failure in a row is fatal (the server exits instead of looping).
 RESPAWN_BACKOFF_S = 0.5
 MAX_CONSECUTIVE_BOOT_FAILURES = 4
+# A worker that cannot even be started (no descriptors, no memory for the fork)
+# says nothing about the model: that is retried for as long as it lasts, every
+# few seconds at most, while the other workers go on serving.
+LONGEST_SPAWN_RETRY_S = 5.0
 # An error in this thread would leave requests unanswered: it is logged and the
 # loop goes on; this many in a row means it cannot recover, which is fatal.
 MAX_CONSECUTIVE_ERRORS = 20
@@ -159,8 +163,12 @@ class Supervisor(threading.Thread):
     def _try_spawn(self, slot):
         try:
             self._spawn(slot)
+            slot.consecutive_spawn_errors = 0
         except OSError as exc:  # fork/pipe failures come exactly when memory or fds run short
-            self._boot_failed(slot, f"worker {slot.index} could not be started: {exc}")
+            slot.consecutive_spawn_errors += 1
+            delay_s = min(LONGEST_SPAWN_RETRY_S, RESPAWN_BACKOFF_S * 2 ** (slot.consecutive_spawn_errors - 1))
+            log.warning("worker %d could not be started (%s); retrying in %.1f s", slot.index, exc, delay_s)
+            slot.schedule_respawn(delay_s)
 
     def _boot_failed(self, slot, reason):
         """At start-up a boot failure is fatal; later, retry with back-off, then give up."""

@@ -31,6 +31,13 @@ from .supervisor import Supervisor
 from .worker_slot import SlotState, WorkerSlot
 
 WORKER_STOP_TIMEOUT_S = 5.0
+# A request that finds the queue full waits this long for room before its 503.
+# Clients that ignore Retry-After and resend at once would otherwise turn the
+# server's CPU into refusals (thousands a second) instead of detections; held
+# for a moment, each connection costs one refusal a second at most, and a
+# request that finds room in that moment is simply served. Short beside any
+# client's time-out, and beside --request-timeout-s, which it counts towards.
+QUEUE_FULL_WAIT_S = 1.0
 
 
 class WorkerPool:
@@ -43,7 +50,7 @@ class WorkerPool:
         self._busy_flags = BusyFlags(self._mp_context, config.workers)
         self._changed = threading.Condition()  # guards the queue and the slots
         self._stopping = threading.Event()
-        self._queue = RequestQueue(config.queue_size, config.max_body_bytes)
+        self._queue = RequestQueue(config.queue_size)
         self._slots = [WorkerSlot(i) for i in range(config.workers)]
         self._dispatcher = Dispatcher(self._queue, self._slots, self._changed, self._stopping, config.max_batch)
         self._supervisor = Supervisor(self._slots, self._changed, self._stopping, self._spawn, self._busy_flags,
@@ -99,9 +106,15 @@ class WorkerPool:
             slot.spawn(self._mp_context, self._worker_target, (self._busy_flags, self.config))
 
     # -- what the front end asks ---------------------------------------------------------
-    def submit(self, pending):
-        """Queue pending for a worker, or raise the Refusal that says why not."""
+    def submit(self, pending, queue_full_wait_s=QUEUE_FULL_WAIT_S):
+        """Queue pending for a worker, waiting up to queue_full_wait_s for room; or raise its Refusal."""
+        give_up_at_s = time.monotonic() + queue_full_wait_s
         with self._changed:
+            while self._queue.is_full() and not self._stopping.is_set():
+                remaining_s = give_up_at_s - time.monotonic()
+                if remaining_s <= 0:
+                    break
+                self._changed.wait(remaining_s)
             if self._stopping.is_set():
                 raise shutting_down()
             self._queue.put(pending)

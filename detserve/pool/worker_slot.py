@@ -35,7 +35,8 @@ class WorkerSlot:
         self._sender = None               # writes tasks to the worker's task pipe
         self.outstanding = {}             # task_id -> PendingRequest sent to this worker
         self.boot_failure_reason = None   # what the worker said when it could not load the model
-        self.consecutive_boot_failures = 0
+        self.consecutive_boot_failures = 0  # workers that started but could not load the model
+        self.consecutive_spawn_errors = 0   # workers that could not be started at all
         self.respawn_at_s = None          # time.monotonic() when an EMPTY slot is due a new worker
         self.load_time_s = 0.0
         self.last_progress_s = 0.0        # last time this worker answered, or got work while idle
