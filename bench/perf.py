@@ -21,9 +21,8 @@ from pathlib import Path
 from bench import ceiling as ceiling_bench
 from bench.images import load_folder
 from bench.loadgen import run_load
-from bench.server_process import ServerUnderTest
+from bench.server_process import REPO_ROOT, ServerProcess
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 THROUGHPUT_GOAL = 0.95
 LATENCY_GOAL = 1.25
 
@@ -36,9 +35,9 @@ def one_run(folder, clients, duration_s, workers, server_args, ceiling_duration_
     before = ceiling_bench.measure(folder, model_dir, duration_s=ceiling_duration_s)
     images = load_folder(folder)
     loads = {}
-    with ServerUnderTest(workers, server_args) as server:
+    with ServerProcess("--workers", str(workers), *server_args) as server:
         for count in clients:
-            loads[count] = run_load(images, server.url, count, duration_s=duration_s, warmup=count)
+            loads[count] = run_load(images, server.api_url, count, duration_s=duration_s, warmup=count)
         startup_s = server.startup_s
     after = ceiling_bench.measure(folder, model_dir, duration_s=ceiling_duration_s)
     return {

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
@@ -24,8 +23,8 @@ from bench import load_folder, run_load
 from bench.report import RECORD_FIELDS
 from bench.stats import percentile
 from bench.sweep import ROW_FIELDS
+from support import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 1.0  # far above the stand-in's reply time even on a busy machine
 SUMMARY_FIELDS = {
     "url", "threads", "images", "requests", "successes", "errors", "errors_by_kind", "wall_s",

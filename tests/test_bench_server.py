@@ -4,9 +4,8 @@ import json
 import subprocess
 import sys
 
-from conftest import INPUT_FOLDER, REPO_ROOT, sample_images
-
 from bench import load_folder, run_load
+from support import INPUT_FOLDER, REPO_ROOT, sample_images
 
 
 def test_a_sweep_of_1_and_4_threads_has_no_errors_and_sane_numbers(server, tmp_path):
