@@ -351,7 +351,8 @@ def scrape_metrics(srv, request_id=None):
 def metric_value(srv, name_with_labels):
     """The value of one sample, e.g. 'detserve_rejected_requests_total{reason="overload"}', scraped now."""
     name = METRIC_NAME.match(name_with_labels).group()
-    labels, end = ({}, len(name)) if name_with_labels[len(name):] == "" else \
-        _parse_labels(name_with_labels, len(name), name_with_labels)
+    labels, end = {}, len(name)
+    if end < len(name_with_labels):
+        labels, end = _parse_labels(name_with_labels, end, name_with_labels)
     assert end == len(name_with_labels), f"not a sample name: {name_with_labels!r}"
     return scrape_metrics(srv).value(name, **labels)
