@@ -18,7 +18,7 @@ from pathlib import Path
 
 import cv2
 
-from bench.server_process import REPO_ROOT, ServerUnderTest
+from bench.server_process import REPO_ROOT, ServerProcess
 
 SIZES_PX = {"12 MP": (4032, 3024), "24 MP": (6000, 4000), "40 MP": (7744, 5163)}  # 40 MP: just under the cap
 UPLOADS = 3
@@ -41,11 +41,11 @@ def post(url, data, media_type):
 
 def measure(setting, data, media_type="image/jpeg"):
     """(peak MB when ready, peak MB after the uploads) of a fresh one-worker server's worker."""
-    with ServerUnderTest(1, ["--decode-reduction", setting]) as server:
+    with ServerProcess("--workers", "1", "--decode-reduction", setting) as server:
         (worker_pid,) = server.worker_pids()
         ready_mb = peak_resident_mb(worker_pid)
         for _ in range(UPLOADS):
-            status = post(server.url, data, media_type)
+            status = post(server.api_url, data, media_type)
             if status != 200:
                 raise RuntimeError(f"upload answered {status}")
         return ready_mb, peak_resident_mb(worker_pid)

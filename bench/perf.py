@@ -41,9 +41,8 @@ from bench import upscale
 from bench import wrk as wrk_bench
 from bench.images import load_folder
 from bench.loadgen import run_load
-from bench.server_process import ServerRejectedArguments, ServerUnderTest
+from bench.server_process import REPO_ROOT, ServerProcess, ServerRejectedArguments
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 THROUGHPUT_GOAL = 0.95
 LATENCY_GOAL = 1.25
 PARTS = ("small", "large", "overload")
@@ -67,9 +66,9 @@ def one_run(folder, clients, duration_s, workers, server_args, ceiling_duration_
     before = ceiling_bench.measure(folder, model_dir, duration_s=ceiling_duration_s)
     images = load_folder(folder)
     loads = {}
-    with ServerUnderTest(workers, server_args) as server:
+    with ServerProcess("--workers", str(workers), *server_args) as server:
         for count in clients:
-            loads[count] = run_load(images, server.url, count, duration_s=duration_s, warmup=count)
+            loads[count] = run_load(images, server.api_url, count, duration_s=duration_s, warmup=count)
         startup_s = server.startup_s
     after = ceiling_bench.measure(folder, model_dir, duration_s=ceiling_duration_s)
     return {
@@ -92,8 +91,8 @@ def _load_figures(summary):
 
 def measure_points(images, workers, server_args, clients, duration_s):
     """Start a server with server_args and load it from each count of clients; {count: figures}."""
-    with ServerUnderTest(workers, server_args) as server:
-        return {count: _load_figures(run_load(images, server.url, count, duration_s=duration_s, warmup=count))
+    with ServerProcess("--workers", str(workers), *server_args) as server:
+        return {count: _load_figures(run_load(images, server.api_url, count, duration_s=duration_s, warmup=count))
                 for count in clients}
 
 
@@ -126,13 +125,13 @@ def _with_ratios(points, reference):
 def overload_run(images, folder, capacity_img_per_s, workers, server_args, options):
     """No-back-off overload against --queue-size 16 from bench's threads (and wrk), against the capacity."""
     sources = {}
-    with ServerUnderTest(workers, [*server_args, *OVERLOAD_SERVER_ARGS]) as server:
-        summary = run_load(images, server.url, options.overload_connections, duration_s=options.overload_duration,
+    with ServerProcess("--workers", str(workers), *server_args, *OVERLOAD_SERVER_ARGS) as server:
+        summary = run_load(images, server.api_url, options.overload_connections, duration_s=options.overload_duration,
                            timeout_s=options.overload_timeout)
         sources["bench"] = overload_figures.from_summary(summary).to_dict()
         if options.wrk:
             try:
-                result = wrk_bench.run_wrk(folder, server.url, connections=options.overload_connections,
+                result = wrk_bench.run_wrk(folder, server.api_url, connections=options.overload_connections,
                                            duration_s=options.overload_duration, timeout_s=options.overload_timeout,
                                            images=images)
                 sources["wrk"] = result.overload_figures().to_dict()

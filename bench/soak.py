@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench.images import load_folder
 from bench.loadgen import run_load
-from bench.server_process import ServerUnderTest
+from bench.server_process import ServerProcess
 
 CHECKPOINTS = 4
 
@@ -41,12 +41,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     images = load_folder(args.folder)
     rows, errors, sent = [], 0, 0
-    with ServerUnderTest(args.workers, []) as server:
-        run_load(images, server.url, args.threads, repeat=1)  # every image once: buffers allocated
+    with ServerProcess("--workers", str(args.workers)) as server:
+        run_load(images, server.api_url, args.threads, repeat=1)  # every image once: buffers allocated
         rows.append(("start", 0, snapshot(server)))
         per_checkpoint = max(len(images), args.requests // CHECKPOINTS)
         for checkpoint in range(1, CHECKPOINTS + 1):
-            summary = run_load(images, server.url, args.threads, repeat=max(1, per_checkpoint // len(images)))
+            summary = run_load(images, server.api_url, args.threads, repeat=max(1, per_checkpoint // len(images)))
             sent += summary.requests
             errors += summary.errors
             rows.append((f"{checkpoint}/{CHECKPOINTS}", sent, snapshot(server)))

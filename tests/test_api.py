@@ -9,12 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import ServerProcess, sample_images
 from reference import assert_same_detections, reference_detections
-
-
-def b64(data):
-    return base64.b64encode(data).decode()
+from support import ServerProcess, b64, image_bytes, sample_images
 
 
 def blank_png(width=320, height=240):
@@ -25,7 +21,7 @@ def blank_png(width=320, height=240):
 
 @pytest.fixture(scope="module")
 def images():
-    return {path.name: path.read_bytes() for path in sample_images()}
+    return {path.name: image_bytes(path.name) for path in sample_images()}
 
 
 def test_welcome_page_names_the_api(server):

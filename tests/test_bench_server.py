@@ -5,10 +5,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import INPUT_FOLDER, REPO_ROOT, ServerProcess, sample_images
 
 from bench import load_folder, run_load
-from bench.server_process import ServerRejectedArguments, ServerUnderTest
+from bench.server_process import ServerRejectedArguments
+from support import INPUT_FOLDER, REPO_ROOT, ServerProcess, sample_images
 
 
 def test_a_sweep_of_1_and_4_threads_has_no_errors_and_sane_numbers(server, tmp_path):
@@ -38,16 +38,17 @@ def test_run_load_in_process_checks_every_answer(server):
 
 
 def test_no_backoff_overload_of_a_real_server_answers_every_request_200_or_503(tmp_path):
-    # One worker and a queue of one: six senders that never pause are certain to be refused at times.
-    with ServerProcess("--workers", "1", "--queue-size", "1") as server:
+    # One single-threaded worker (under 20 img/s) and a queue of one: of 40 senders that never
+    # pause, more wait than can be served within the second a full queue holds them.
+    with ServerProcess("--workers", "1", "--queue-size", "1", "--cv-threads", "1") as server:
         proc = subprocess.run(
-            [sys.executable, "-m", "bench", str(INPUT_FOLDER), server.url + "/api/", "6", "--repeat", "4",
+            [sys.executable, "-m", "bench", str(INPUT_FOLDER), server.url + "/api/", "40", "--repeat", "8",
              "--no-backoff", "--json", "--quiet"],
             cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads(proc.stdout)
     figures = summary["overload"]
-    assert figures["requests"] == 4 * len(sample_images())
+    assert figures["requests"] == 8 * len(sample_images())
     assert figures["refused"] > 0, "the queue of one was never full"
     assert figures["accepted"] > 0
     assert figures["accepted"] + figures["refused"] == figures["requests"], "every request got 200 or 503"
@@ -68,5 +69,5 @@ def test_large_images_made_on_the_fly_are_served(server):
 
 def test_the_benchmark_launcher_says_when_the_server_does_not_know_a_flag():
     with pytest.raises(ServerRejectedArguments, match="does not know --no-such-flag"):
-        with ServerUnderTest(1, ["--no-such-flag", "x"]):
+        with ServerProcess("--workers", "1", "--no-such-flag", "x"):
             pass

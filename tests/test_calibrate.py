@@ -4,8 +4,8 @@ import re
 import subprocess
 import sys
 
-from conftest import REPO_ROOT
 from detserve.worker.calibration import recommend
+from support import REPO_ROOT
 
 
 def test_calibration_prints_a_table_and_flags_it_measured():

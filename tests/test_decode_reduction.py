@@ -11,7 +11,7 @@ import struct
 import cv2
 import pytest
 
-from conftest import INPUT_FOLDER, ServerProcess, sample_images
+from support import INPUT_FOLDER, ServerProcess, sample_images
 from detserve.worker.image_decoding import MIN_REDUCED_SIDE_PX, decode_image, jpeg_reduction
 from detserve.worker.request_parsing import ImageRequest
 from reference import assert_same_detections, reference_detections

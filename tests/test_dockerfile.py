@@ -6,7 +6,6 @@ DETSERVE_IMAGE_TEST=<tag>; without that variable (CI has no Docker engine) it
 is skipped.
 """
 
-import base64
 import json
 import os
 import re
@@ -23,12 +22,11 @@ import pytest
 import yaml
 
 from detserve.config import Config
+from support import REPO_ROOT, b64, camera_jpeg
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 DEPLOYMENT = REPO_ROOT / "manifests" / "deployment.yml"
-SAMPLE_IMAGE = REPO_ROOT / "inputfolder" / "camera.jpg"  # the cameraman: YOLOv3-tiny finds a person
 IMAGE_UNDER_TEST = os.environ.get("DETSERVE_IMAGE_TEST", "")
 DOCKER = os.environ.get("DOCKER", "docker")
 START_TIMEOUT_S = 120
@@ -258,10 +256,9 @@ def test_image_serves():
 
         status, text = _get(base + "/")
         assert status == 200, text
-        body = json.dumps({"id": "image-test-1",
-                           "image": base64.b64encode(SAMPLE_IMAGE.read_bytes()).decode()}).encode()
+        body = json.dumps({"id": "image-test-1", "image": b64(camera_jpeg())}).encode()  # a person in it
         status, text = _get(base + "/api/", body)
-        print(f"POST /api/ {SAMPLE_IMAGE.name}: {status} {text}")
+        print(f"POST /api/ camera.jpg: {status} {text}")
         assert status == 200, text
         answer = json.loads(text)
         assert answer["id"] == "image-test-1"

@@ -7,33 +7,34 @@ as any decoder-based service would. Truncation, broken headers and damaged
 PNGs (whose chunks carry CRCs) are all refused.
 """
 
-import base64
-import http.client
+import functools
 import json
 import random
-import socket
 import struct
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import INPUT_FOLDER, ServerProcess
 from reference import assert_same_detections, reference_detections
-from test_errors import png_claiming
+from support import ServerProcess, b64, camera_jpeg, png_claiming, raw_exchange
 
 SEED = 20261127
-JPEG = (INPUT_FOLDER / "camera.jpg").read_bytes()
-PNG = cv2.imencode(".png", cv2.imdecode(np.frombuffer(JPEG, np.uint8), cv2.IMREAD_COLOR))[1].tobytes()
+
+
+@functools.lru_cache(maxsize=1)
+def camera_png():
+    """The sample JPEG's pixels, encoded as a PNG."""
+    return cv2.imencode(".png", cv2.imdecode(np.frombuffer(camera_jpeg(), np.uint8), cv2.IMREAD_COLOR))[1].tobytes()
 
 
 def as_json(image_bytes, image_id="fuzz"):
-    return json.dumps({"id": image_id, "image": base64.b64encode(image_bytes).decode()}).encode()
+    return json.dumps({"id": image_id, "image": b64(image_bytes)}).encode()
 
 
 def jpeg_with_frame_size(width, height):
     """The sample JPEG with its start-of-frame header rewritten to claim width x height."""
-    data = bytearray(JPEG)
+    data = bytearray(camera_jpeg())
     sof = data.index(b"\xff\xc0")
     data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
@@ -52,6 +53,7 @@ def malformed_requests():
     """(name, content type, body, declared Content-Length or None, chunked) for every case."""
     rng = random.Random(SEED)
     cases = []
+    jpeg, png = camera_jpeg(), camera_png()
 
     def add(name, body, content_type="application/json", length=None, chunked=False):
         cases.append((name, content_type, body, length, chunked))
@@ -60,21 +62,21 @@ def malformed_requests():
         add(f"random-bytes-raw-{i}", rng.randbytes(rng.randrange(1, 5000)), "image/jpeg")
         add(f"random-bytes-b64-{i}", as_json(rng.randbytes(rng.randrange(1, 5000))))
     for i in range(25):
-        cut = rng.randrange(1, len(JPEG) - 2)
-        add(f"truncated-jpeg-raw-{i}", JPEG[:cut], "image/jpeg")
-        add(f"truncated-jpeg-b64-{i}", as_json(JPEG[:rng.randrange(1, len(JPEG) - 2)]))
+        cut = rng.randrange(1, len(jpeg) - 2)
+        add(f"truncated-jpeg-raw-{i}", jpeg[:cut], "image/jpeg")
+        add(f"truncated-jpeg-b64-{i}", as_json(jpeg[:rng.randrange(1, len(jpeg) - 2)]))
     for i in range(15):
-        add(f"truncated-png-{i}", PNG[:rng.randrange(1, len(PNG) - 1)], "image/png")
+        add(f"truncated-png-{i}", png[:rng.randrange(1, len(png) - 1)], "image/png")
     for i in range(15):
-        damaged = bytearray(PNG)
-        damaged[rng.randrange(8, len(PNG))] ^= 1 << rng.randrange(8)
+        damaged = bytearray(png)
+        damaged[rng.randrange(8, len(png))] ^= 1 << rng.randrange(8)
         add(f"bit-flipped-png-{i}", as_json(bytes(damaged)))
-    segments = header_segments(JPEG)
+    segments = header_segments(jpeg)
     for i, offset in enumerate(segments):
-        broken = bytearray(JPEG)
+        broken = bytearray(jpeg)
         broken[offset] = 0x00  # the marker's 0xFF
         add(f"jpeg-broken-marker-{i}", bytes(broken), "image/jpeg")
-        broken = bytearray(JPEG)
+        broken = bytearray(jpeg)
         broken[offset + 2:offset + 4] = b"\x00\x01"  # a segment length below its own size
         add(f"jpeg-broken-length-{i}", bytes(broken), "image/jpeg")
     add("jpeg-zero-width", as_json(jpeg_with_frame_size(0, 100)))
@@ -90,7 +92,7 @@ def malformed_requests():
     add("enormous-array", b"[" + b"1," * 2_000_000 + b"1]")
     add("enormous-id", json.dumps({"id": "x" * 100_000, "image": "AAAA"}).encode())
     for i, value in enumerate([None, 1, 1.5, True, [], {}, ["a"], {"a": 1}]):
-        add(f"id-of-wrong-type-{i}", json.dumps({"id": value, "image": base64.b64encode(JPEG).decode()}).encode())
+        add(f"id-of-wrong-type-{i}", json.dumps({"id": value, "image": b64(jpeg)}).encode())
         add(f"image-of-wrong-type-{i}", json.dumps({"id": "t", "image": value}).encode())
     for i, text in enumerate([b"", b"null", b"0", b'"just a string"', b"true", b'"{\\"id\\": 1}"', b"{}", b"[]"]):
         add(f"json-not-an-object-{i}", text)
@@ -103,18 +105,18 @@ def malformed_requests():
     add("base64-with-bad-characters", json.dumps({"id": "d", "image": "ab$%^&*()cd"}).encode())
     add("base64-non-ascii", json.dumps({"id": "d", "image": "ÄÖÜ"}).encode())
     for i in range(5):
-        body = as_json(JPEG)
+        body = as_json(jpeg)
         add(f"content-length-too-short-{i}", body, length=rng.randrange(1, len(body) - 1))
     for i in range(3):
         add(f"content-length-too-long-{i}", b'{"id": "x"}', length=5000)
-        add(f"chunked-{i}", as_json(JPEG[:100]), chunked=True)
-    add("wrong-content-type", as_json(JPEG), "text/plain")
+        add(f"chunked-{i}", as_json(jpeg[:100]), chunked=True)
+    add("wrong-content-type", as_json(jpeg), "text/plain")
     add("multipart", b"--x\r\n\r\n--x--", "multipart/form-data; boundary=x")
     return cases
 
 
 def send_raw(port, content_type, body, declared_length, chunked):
-    """Send one request on a fresh connection; return (status, content type, body bytes)."""
+    """Send one request on a fresh connection; return the RawResponse."""
     head = [b"POST /api/ HTTP/1.1", b"Host: 127.0.0.1", b"Content-Type: " + content_type.encode()]
     if chunked:
         head.append(b"Transfer-Encoding: chunked")
@@ -122,15 +124,7 @@ def send_raw(port, content_type, body, declared_length, chunked):
     else:
         head.append(b"Content-Length: %d" % (len(body) if declared_length is None else declared_length))
         payload = body
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(b"\r\n".join(head) + b"\r\n\r\n")
-        try:
-            sock.sendall(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server may answer and close before reading a body it refused
-        response = http.client.HTTPResponse(sock)
-        response.begin()
-        return response.status, response.getheader("Content-Type"), response.read()
+    return raw_exchange(port, b"\r\n".join(head) + b"\r\n\r\n", timeout_s=30, body=payload)
 
 
 @pytest.fixture(scope="module")
@@ -144,16 +138,16 @@ def test_hundreds_of_malformed_requests_each_get_a_4xx_json_error(fuzz_server):
     assert len(cases) >= 200
     failures = []
     for name, content_type, body, length, chunked in cases:
-        status, response_type, response = send_raw(fuzz_server.port, content_type, body, length, chunked)
-        payload = json.loads(response) if response_type == "application/json" else None
-        if not (400 <= status < 500 and payload and payload.get("error")):
-            failures.append((name, status, response[:200]))
+        response = send_raw(fuzz_server.port, content_type, body, length, chunked)
+        payload = response.json() if response.header("Content-Type") == "application/json" else None
+        if not (400 <= response.status < 500 and payload and payload.get("error")):
+            failures.append((name, response.status, response.body[:200]))
     assert not failures, failures
     # The server is still up, and a valid request right after gets its correct detections.
-    status, _, payload = fuzz_server.request("/api/", as_json(JPEG, "valid-after-fuzz"),
+    status, _, payload = fuzz_server.request("/api/", as_json(camera_jpeg(), "valid-after-fuzz"),
                                              headers={"Content-Type": "application/json"})
     assert status == 200 and payload["id"] == "valid-after-fuzz"
-    assert_same_detections(payload["detections"], reference_detections(JPEG))
+    assert_same_detections(payload["detections"], reference_detections(camera_jpeg()))
     assert fuzz_server.proc.poll() is None
     assert len(fuzz_server.worker_pids()) == 2
     assert "worker" not in " ".join(line for line in fuzz_server.lines if "died" in line)

@@ -4,13 +4,8 @@ Real sockets on 127.0.0.1, real server subprocesses with the real model, real
 images. Each test names its finding in its docstring. Memory is measured as
 VmRSS from /proc, CPU time from /proc/<pid>/stat; nothing asserts on latency.
 
-Findings 2 and 3 use flags the fix adds (--max-body-buffer-mb,
---max-connections). On code without them the server refuses to start; set
-HARDENING_WITHOUT_NEW_FLAGS=1 to leave them out and watch the findings
-themselves reproduce instead.
 """
 
-import base64
 import json
 import os
 import resource
@@ -25,42 +20,25 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import INPUT_FOLDER, ServerProcess
+from bench.soak import rss_mb
 from reference import assert_same_detections, reference_detections
+from support import ServerProcess, b64, camera_jpeg, metric_value, read_response
 
-CAMERA = (INPUT_FOLDER / "camera.jpg").read_bytes()
-CAMERA_JSON = json.dumps({"id": "valid", "image": base64.b64encode(CAMERA).decode()}).encode()
 MIB = 1024 * 1024
 RECV_TIMEOUT_S = 10  # a healthy answer takes well under a second; this only stops a hang
 
 
-def new_flags(*args):
-    """Flags that only the fixed server knows; left out with HARDENING_WITHOUT_NEW_FLAGS=1."""
-    return () if os.environ.get("HARDENING_WITHOUT_NEW_FLAGS") == "1" else args
+def camera_json():
+    return json.dumps({"id": "valid", "image": b64(camera_jpeg())}).encode()
 
 
 # -- measuring a process -------------------------------------------------------------------------
-
-def rss_mb(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
-
 
 def cpu_time_s(pid):
     """User + system CPU time of a whole process (every thread), from /proc/<pid>/stat."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def metric_value(srv, sample):
-    _, _, text = srv.request("/metrics")
-    for line in text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no sample {sample} in /metrics")
 
 
 def wait_until_ready(srv, timeout_s=30):
@@ -76,40 +54,17 @@ def post_json(srv, body, timeout_s=60):
     return srv.request("/api/", body, headers={"Content-Type": "application/json"}, timeout_s=timeout_s)
 
 
-def assert_valid_answer(answer, image_bytes=CAMERA, image_id="valid"):
+def assert_valid_answer(answer, image_bytes=None, image_id="valid"):
     status, _, payload = answer
     assert status == 200, (status, payload)
     assert payload["id"] == image_id
-    assert_same_detections(payload["detections"], reference_detections(image_bytes))
+    assert_same_detections(payload["detections"], reference_detections(image_bytes or camera_jpeg()))
 
 
 # -- raw HTTP ------------------------------------------------------------------------------------
 
 def connect(port, timeout_s=RECV_TIMEOUT_S):
     return socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
-
-
-def read_response(sock):
-    """Read one response: (status, {lowercase header: value}, body bytes). Raises on EOF or time-out."""
-    received = b""
-    while b"\r\n\r\n" not in received:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"connection closed before a full response head: {received[:200]!r}")
-        received += chunk
-    head, _, body = received.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0"))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("connection closed inside a response body")
-        body += chunk
-    return int(status_line.split(" ")[1]), headers, body[:length]
 
 
 def closed_by_server(sock, timeout_s=3):
@@ -124,11 +79,11 @@ def closed_by_server(sock, timeout_s=3):
 
 
 def exchange(port, request_bytes):
-    """Send raw bytes on a new connection; return (status, headers, body, closed_by_server)."""
+    """Send raw bytes on a new connection; return (RawResponse, closed_by_server)."""
     with connect(port) as sock:
         sock.sendall(request_bytes)
-        status, headers, body = read_response(sock)
-        return status, headers, body, closed_by_server(sock)
+        response = read_response(sock)
+        return response, closed_by_server(sock)
 
 
 def answered_within(sock, timeout_s):
@@ -136,8 +91,8 @@ def answered_within(sock, timeout_s):
 
 
 def assert_still_serving(port):
-    status, _, body, _ = exchange(port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-    assert status == 200, body
+    response, _ = exchange(port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert response.status == 200, response.body
 
 
 # -- the shared server for findings 1, 4, 5 and 6 ---------------------------------------------------
@@ -187,11 +142,11 @@ def test_escaped_json_structure_is_a_400_and_never_ends_the_worker(json_log_serv
     restarts_before = metric_value(srv, "detserve_worker_restarts_total")
     with ThreadPoolExecutor(max_workers=3) as pool:
         # Valid requests before and after the hostile one: queued at the same worker.
-        before = pool.submit(post_json, srv, CAMERA_JSON)
+        before = pool.submit(post_json, srv, camera_json())
         time.sleep(0.02)
         hostile = pool.submit(post_json, srv, body)
         time.sleep(0.02)
-        beside = pool.submit(post_json, srv, CAMERA_JSON)
+        beside = pool.submit(post_json, srv, camera_json())
         status, _, payload = hostile.result()
         concurrent_answers = [before.result(), beside.result()]
     assert status == 400, (status, payload)
@@ -200,7 +155,7 @@ def test_escaped_json_structure_is_a_400_and_never_ends_the_worker(json_log_serv
     assert metric_value(srv, "detserve_worker_restarts_total") == restarts_before
     for answer in concurrent_answers:
         assert_valid_answer(answer)
-    assert_valid_answer(post_json(srv, CAMERA_JSON))
+    assert_valid_answer(post_json(srv, camera_json()))
 
 
 def test_a_20_mb_body_of_escaped_objects_leaves_the_worker_near_its_baseline(json_log_server):
@@ -209,7 +164,7 @@ def test_a_20_mb_body_of_escaped_objects_leaves_the_worker_near_its_baseline(jso
     (today it keeps ~+140 MB for good)."""
     srv = json_log_server
     wait_until_ready(srv)
-    assert_valid_answer(post_json(srv, CAMERA_JSON))  # the worker at its working size
+    assert_valid_answer(post_json(srv, camera_json()))  # the worker at its working size
     (worker,) = srv.worker_pids()
     before_mb = rss_mb(worker)
     unit = r"\u007b}\u002c"  # '{},' escaped
@@ -218,7 +173,7 @@ def test_a_20_mb_body_of_escaped_objects_leaves_the_worker_near_its_baseline(jso
     status, _, payload = post_json(srv, body)
     assert status in (400, 413), (status, payload)
     # One more request so the worker lets go of the big task it last held.
-    assert_valid_answer(post_json(srv, CAMERA_JSON))
+    assert_valid_answer(post_json(srv, camera_json()))
     assert srv.worker_pids() == [worker], "the worker died"
     growth_mb = rss_mb(worker) - before_mb
     assert growth_mb < 40, f"worker RSS grew {growth_mb:.0f} MB ({before_mb:.0f} MB before)"
@@ -249,7 +204,7 @@ def test_a_small_jpeg_declaring_40_mp_and_100_scans_is_refused_before_decoding(j
 
 def test_an_ordinary_12_mp_progressive_jpeg_is_still_served(json_log_server):
     """Finding 4: the budget leaves real photos alone (4000x3000, OpenCV's 10 scans)."""
-    photo = progressive_jpeg(cv2.resize(cv2.imdecode(np.frombuffer(CAMERA, np.uint8), cv2.IMREAD_COLOR),
+    photo = progressive_jpeg(cv2.resize(cv2.imdecode(np.frombuffer(camera_jpeg(), np.uint8), cv2.IMREAD_COLOR),
                                         (4000, 3000), interpolation=cv2.INTER_CUBIC))
     assert photo.count(b"\xff\xda") == 10
     status, _, payload = json_log_server.request("/api/?id=photo", photo, headers={"Content-Type": "image/jpeg"})
@@ -258,7 +213,7 @@ def test_an_ordinary_12_mp_progressive_jpeg_is_still_served(json_log_server):
 
 # == Finding 5: lenient header parsing ===============================================================
 
-def post_with(*header_lines, body=CAMERA_JSON):
+def post_with(*header_lines, body=camera_json()):
     head = [b"POST /api/ HTTP/1.1", b"Host: t", b"Content-Type: application/json",
             b"Content-Length: %d" % len(body), *header_lines]
     return b"\r\n".join(head) + b"\r\n\r\n" + body
@@ -281,33 +236,34 @@ MALFORMED_HEADS = {
 def test_a_head_rfc_9112_rejects_gets_400_and_the_connection_closes(json_log_server, request_bytes):
     """Finding 5: each of these is accepted today (a line without a colon silently drops every
     header after it: the X-Request-ID is not echoed); RFC 9112 asks for 400 and a close."""
-    status, headers, body, closed = exchange(json_log_server.port, request_bytes)
-    assert status == 400, (status, f"X-Request-ID echoed: {headers.get('x-request-id')}", body[:200])
-    assert json.loads(body)["error"]
-    assert headers.get("connection") == "close" and closed
+    response, closed = exchange(json_log_server.port, request_bytes)
+    assert response.status == 400, (response.status, f"X-Request-ID echoed: {response.header('X-Request-ID')}",
+                                    response.body[:200])
+    assert response.json()["error"]
+    assert response.header("Connection") == "close" and closed
     assert_still_serving(json_log_server.port)
 
 
 def expect_continue_head(version):
     return (b"POST /api/?id=continue %s\r\nHost: t\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (version, len(CAMERA_JSON)))
+            b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (version, len(camera_json())))
 
 
 def test_100_continue_goes_to_http_1_1_clients_only(json_log_server):
     """Finding 5: an HTTP/1.0 client cannot read an interim response; HTTP/1.1 still gets one."""
     with connect(json_log_server.port) as sock:
         sock.sendall(expect_continue_head(b"HTTP/1.1"))
-        status, _, _ = read_response(sock)
-        assert status == 100
-        sock.sendall(CAMERA_JSON)
-        assert read_response(sock)[0] == 200
+        assert read_response(sock).status == 100
+        sock.sendall(camera_json())
+        assert read_response(sock).status == 200
     with connect(json_log_server.port) as sock:
         sock.sendall(expect_continue_head(b"HTTP/1.0"))
         # A 1.0 client sends its body after a pause of its own; whatever came back by then is final.
         interim = answered_within(sock, 1.0)
-        sock.sendall(CAMERA_JSON)
-        status, _, body = read_response(sock)
-        assert status == 200, (status, f"something arrived before the body: {interim}", body[:200])
+        sock.sendall(camera_json())
+        response = read_response(sock)
+        assert response.status == 200, (response.status, f"something arrived before the body: {interim}",
+                                         response.body[:200])
 
 
 # == Finding 6: a 500 that cannot be found ===========================================================
@@ -315,10 +271,10 @@ def test_100_continue_goes_to_http_1_1_clients_only(json_log_server):
 def test_a_target_the_url_parser_rejects_is_400_with_an_access_line(json_log_server):
     """Finding 6: `GET http://[/` is a 400 (today 500 naming a request id the log never shows)."""
     srv = json_log_server
-    status, headers, body, _ = exchange(srv.port, b"GET http://[/ HTTP/1.1\r\nHost: t\r\n\r\n")
-    assert status == 400, (status, body[:200])
-    assert json.loads(body)["error"]
-    request_id = headers["x-request-id"]
+    response, _ = exchange(srv.port, b"GET http://[/ HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert response.status == 400, (response.status, response.body[:200])
+    assert response.json()["error"]
+    request_id = response.header("X-Request-ID")
     srv.wait_for_line(r'"request_id": "%s"' % request_id, timeout_s=5)
     access = [json.loads(line) for line in srv.lines if request_id in line and line.startswith("{")]
     assert any(entry.get("status") == 400 for entry in access), access
@@ -342,7 +298,7 @@ def test_every_line_the_json_server_printed_is_json(json_log_server):
 @pytest.fixture(scope="module")
 def bounded_body_server():
     with ServerProcess("--workers", "1", "--max-body-mb", "4", "--client-timeout-s", "30",
-                       *new_flags("--max-body-buffer-mb", "16")) as srv:
+                       "--max-body-buffer-mb", "16") as srv:
         yield srv
 
 
@@ -372,13 +328,13 @@ def test_stalled_uploads_beyond_the_body_buffer_get_503_before_their_body_is_rea
                 sock.sendall(almost_all)
         time.sleep(0.5)  # let the server's threads take in what the kernel buffered
         growth_mb = rss_mb(front_end) - before_mb
-        statuses = [(status, headers.get("retry-after"), headers.get("connection"))
-                    for status, headers, _ in refusals.values()]
+        statuses = [(response.status, response.header("Retry-After"), response.header("Connection"))
+                    for response in refusals.values()]
         good_refusals = [s for s in statuses if s[0] == 503 and s[1] and s[2] == "close"]
         assert growth_mb < 16 + 24 and len(good_refusals) >= 8, (
             f"front end grew {growth_mb:.0f} MB; refusals before the body: {statuses}")
-        for _, _, body in refusals.values():
-            assert json.loads(body)["error"]
+        for response in refusals.values():
+            assert response.json()["error"]
     finally:
         for sock in connections:
             sock.close()
@@ -392,9 +348,9 @@ def head_bytes(header_count, line_bytes, final_blank_line=True):
 
 def test_a_head_over_32_kib_is_431(bounded_body_server):
     """Finding 2: 40 header lines of 1,000 bytes (each under the line and count limits) -> 431."""
-    status, headers, body, closed = exchange(bounded_body_server.port, head_bytes(40, 1000))
-    assert status == 431, (status, body[:200])
-    assert json.loads(body)["error"]
+    response, closed = exchange(bounded_body_server.port, head_bytes(40, 1000))
+    assert response.status == 431, (response.status, response.body[:200])
+    assert response.json()["error"]
     assert closed
     assert_still_serving(bounded_body_server.port)
 
@@ -435,21 +391,21 @@ def test_unfinished_heads_cost_the_front_end_a_bounded_amount(bounded_body_serve
 def test_connections_beyond_max_connections_get_503_and_a_freed_slot_is_reused():
     """Finding 2: --max-connections 4: a 5th connection gets 503 JSON with Retry-After at once and
     is closed; once one of the 4 closes, a new connection is served."""
-    with ServerProcess("--workers", "1", *new_flags("--max-connections", "4")) as srv:
+    with ServerProcess("--workers", "1", "--max-connections", "4") as srv:
         idle = []
         try:
             for _ in range(4):
                 sock = connect(srv.port)
                 sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-                assert read_response(sock)[0] == 200  # accepted, served, now idle and kept alive
+                assert read_response(sock).status == 200  # accepted, served, now idle and kept alive
                 idle.append(sock)
-            status, headers, body, closed = exchange(srv.port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-            assert status == 503 and headers.get("retry-after") and closed, (status, headers, body[:200])
-            assert json.loads(body)["error"]
+            response, closed = exchange(srv.port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert response.status == 503 and response.header("Retry-After") and closed, response
+            assert response.json()["error"]
             idle.pop().close()
             deadline_s = time.monotonic() + 10
             while True:
-                status, _, _, _ = exchange(srv.port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                status = exchange(srv.port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")[0].status
                 if status == 200 or time.monotonic() > deadline_s:
                     break
                 time.sleep(0.2)  # the server has yet to notice the close
@@ -483,11 +439,11 @@ def test_out_of_descriptors_the_server_rides_it_out():
     """Finding 3: with RLIMIT_NOFILE 128 filled by idle connections the server does not spin, keeps
     serving an open connection, survives a killed worker it cannot yet replace, and recovers once
     descriptors free up (today: 100% CPU in the accept loop, then exit 3 as if the model failed)."""
-    with ServerProcess("--workers", "1", "--client-timeout-s", "60", *new_flags("--max-connections", "1000"),
+    with ServerProcess("--workers", "1", "--client-timeout-s", "60", "--max-connections", "1000",
                        preexec_fn=limit_descriptors_to_128) as srv:
         kept = connect(srv.port)
         kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-        assert read_response(kept)[0] == 200
+        assert read_response(kept).status == 200
         idle = open_until_no_longer_accepted(srv.port)
         problems = []
         try:
@@ -497,10 +453,10 @@ def test_out_of_descriptors_the_server_rides_it_out():
             if cpu_used_s >= 0.5:
                 problems.append(f"the server used {cpu_used_s:.2f} s of CPU in 2 s with nothing to do")
             kept.sendall(b"POST /api/?id=kept HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\n"
-                         b"Content-Length: %d\r\n\r\n" % len(CAMERA) + CAMERA)
-            status, _, body = read_response(kept)
-            if status != 200:
-                problems.append(f"the open connection got {status}: {body[:200]!r}")
+                         b"Content-Length: %d\r\n\r\n" % len(camera_jpeg()) + camera_jpeg())
+            response = read_response(kept)
+            if response.status != 200:
+                problems.append(f"the open connection got {response.status}: {response.body[:200]!r}")
             (worker,) = srv.worker_pids()
             os.kill(worker, signal.SIGKILL)
             # Longer than today's four replacement attempts (0.5 + 1 + 2 s of back-off).
@@ -520,7 +476,7 @@ def test_out_of_descriptors_the_server_rides_it_out():
                 problems.append(f"/readyz: {readiness}")
             if metric_value(srv, "detserve_worker_restarts_total") < 1:
                 problems.append("no worker restart counted")
-            status, _, payload = srv.request("/api/?id=after", CAMERA, headers={"Content-Type": "image/jpeg"})
+            status, _, payload = srv.request("/api/?id=after", camera_jpeg(), headers={"Content-Type": "image/jpeg"})
             if status != 200:
                 problems.append(f"a new connection's POST got {status}: {payload}")
         kept.close()

@@ -4,17 +4,13 @@ Every request a test sends carries its own X-Request-ID where it can, so its
 access line can be found by id and counted: one request, one line.
 """
 
-import base64
 import json
 import re
 import uuid
 
 import pytest
 
-from conftest import INPUT_FOLDER, ServerProcess
-
-CAMERA = (INPUT_FOLDER / "camera.jpg").read_bytes()
-CAMERA_B64 = base64.b64encode(CAMERA).decode()
+from support import ServerProcess, b64, camera_jpeg
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
 TIMING_ENTRY = re.compile(r"([A-Za-z0-9!#$%&'*+.^_`|~-]+);dur=(\d+(?:\.\d+)?)")
 ACCESS_KEYS = {"method", "path", "status", "bytes", "duration_ms", "request_id", "image_id", "batch_size", "error"}
@@ -30,17 +26,11 @@ BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{100,}")
 
 @pytest.fixture(scope="module", params=["text", "json"])
 def srv(request):
-    """A one-worker server per log format. ServerProcess waits for the text-format
-    ready line, which a JSON log never prints, so the JSON one is waited for here."""
+    """A one-worker server per log format (ServerProcess knows the ready line of both)."""
     log_format = request.param
-    server = ServerProcess("--workers", "1", "--log-format", log_format, wait_ready=False)
-    server.log_format = log_format
-    try:
-        server.start()
-        server.wait_for_line(r"detserve: ready" if log_format == "text" else r'"message": "ready: ', timeout_s=90)
+    with ServerProcess("--workers", "1", "--log-format", log_format) as server:
+        server.log_format = log_format
         yield server
-    finally:
-        server.stop()
 
 
 # -- reading the access log -------------------------------------------------------------------------
@@ -105,7 +95,7 @@ def new_id(prefix):
 # -- X-Request-ID -----------------------------------------------------------------------------------
 def test_a_client_request_id_is_echoed_on_answers_and_errors(srv):
     cases = [
-        ("/api/", {"id": "cam", "image": CAMERA_B64}, 200),
+        ("/api/", {"id": "cam", "image": b64(camera_jpeg())}, 200),
         ("/api/", b"{not json", 400),
         ("/healthz", None, 200),
         ("/no/such/path", None, 404),
@@ -120,7 +110,7 @@ def test_a_client_request_id_is_echoed_on_answers_and_errors(srv):
 
 def test_a_request_id_is_generated_when_the_client_sends_none(srv):
     seen = set()
-    for path, body, method in [("/api/", {"id": "cam", "image": CAMERA_B64}, None),
+    for path, body, method in [("/api/", {"id": "cam", "image": b64(camera_jpeg())}, None),
                                ("/api/", {"id": "bad", "image": "@@@"}, None),
                                ("/api/", None, "GET"),  # 405
                                ("/", None, None), ("/readyz", None, None), ("/metrics", None, None),
@@ -153,11 +143,11 @@ def parse_server_timing(value):
     return parsed
 
 
-@pytest.mark.parametrize("body, status", [({"id": "cam", "image": CAMERA_B64}, 200),
-                                          ({"id": "bad", "image": "@@@"}, 400)],
+@pytest.mark.parametrize("body, status", [(lambda: {"id": "cam", "image": b64(camera_jpeg())}, 200),
+                                          (lambda: {"id": "bad", "image": "@@@"}, 400)],
                          ids=["detection", "bad-input-found-by-a-worker"])
 def test_server_timing_on_api_answers_has_queue_inference_and_total(srv, body, status):
-    got_status, headers, _ = srv.request("/api/", body)
+    got_status, headers, _ = srv.request("/api/", body())
     assert got_status == status
     timings = parse_server_timing(headers["Server-Timing"])
     assert list(timings) == ["queue", "inference", "total"]
@@ -176,10 +166,10 @@ def test_server_timing_on_every_response(srv, path, body, method):
 # -- the access log -------------------------------------------------------------------------------
 def test_one_access_line_per_request_with_every_field(srv):
     requests = [  # path, body, headers, method, status, image_id, batch_size
-        ("/api/", {"id": "json-cam", "image": CAMERA_B64}, {}, None, 200, "json-cam", 1),
-        ("/api/?id=raw-cam", CAMERA, {"Content-Type": "image/jpeg"}, None, 200, "raw-cam", 1),
+        ("/api/", {"id": "json-cam", "image": b64(camera_jpeg())}, {}, None, 200, "json-cam", 1),
+        ("/api/?id=raw-cam", camera_jpeg(), {"Content-Type": "image/jpeg"}, None, 200, "raw-cam", 1),
         ("/api/", b'{"id": "broken", ', {"Content-Type": "application/json"}, None, 400, None, None),
-        ("/api/", {"id": "no-pixels", "image": base64.b64encode(b"plain text").decode()}, {}, None, 400,
+        ("/api/", {"id": "no-pixels", "image": b64(b"plain text")}, {}, None, 400,
          "no-pixels", None),
         ("/healthz", None, {}, None, 200, None, None),
         ("/metrics", None, {}, None, 200, None, None),
@@ -225,7 +215,7 @@ def test_errors_are_logged_with_their_reason(srv):
 def test_a_hostile_image_id_or_path_stays_on_one_line(srv):
     image_id = 'evil\n127.0.0.1 "GET /forged" 200 0B 0.0ms rid=forged\x1b[2J'
     request_id = new_id("hostile")
-    status, _, payload = srv.request("/api/", {"id": image_id, "image": CAMERA_B64},
+    status, _, payload = srv.request("/api/", {"id": image_id, "image": b64(camera_jpeg())},
                                      headers={"X-Request-ID": request_id})
     assert status == 200 and payload["id"] == image_id
     assert the_access_entry(srv, request_id)["image_id"] == image_id
@@ -239,7 +229,7 @@ def test_a_hostile_image_id_or_path_stays_on_one_line(srv):
 def test_json_format_writes_only_json_lines(srv):
     if srv.log_format != "json":
         pytest.skip("the JSON format only")
-    srv.request("/api/", {"id": "cam", "image": CAMERA_B64})
+    srv.request("/api/", {"id": "cam", "image": b64(camera_jpeg())})
     flush_log(srv)
     for line in srv.lines:
         entry = json.loads(line)
@@ -250,19 +240,20 @@ def test_json_format_writes_only_json_lines(srv):
 
 
 def test_image_data_never_reaches_the_log(srv):
+    camera, camera_b64 = camera_jpeg(), b64(camera_jpeg())
     bodies = [
-        ({"id": "cam", "image": CAMERA_B64}, {}),
-        ({"id": "data-url", "image": "data:image/jpeg;base64," + CAMERA_B64}, {}),
-        ({"id": "truncated", "image": CAMERA_B64[: len(CAMERA_B64) // 2]}, {}),
-        ({"id": "not-an-image", "image": base64.b64encode(CAMERA[200:]).decode()}, {}),
-        ({"id": "bad-b64", "image": CAMERA_B64[:5000] + "!!!" + CAMERA_B64[5000:10000]}, {}),
-        (CAMERA, {"Content-Type": "image/jpeg"}),
-        (CAMERA[: len(CAMERA) // 3], {"Content-Type": "image/jpeg"}),  # a truncated raw JPEG
+        ({"id": "cam", "image": camera_b64}, {}),
+        ({"id": "data-url", "image": "data:image/jpeg;base64," + camera_b64}, {}),
+        ({"id": "truncated", "image": camera_b64[: len(camera_b64) // 2]}, {}),
+        ({"id": "not-an-image", "image": b64(camera[200:])}, {}),
+        ({"id": "bad-b64", "image": camera_b64[:5000] + "!!!" + camera_b64[5000:10000]}, {}),
+        (camera, {"Content-Type": "image/jpeg"}),
+        (camera[: len(camera) // 3], {"Content-Type": "image/jpeg"}),  # a truncated raw JPEG
     ]
     statuses = [srv.request("/api/", body, headers=headers)[0] for body, headers in bodies]
     assert statuses == [200, 200, 400, 400, 400, 200, 400]
     flush_log(srv)
-    pieces = [CAMERA_B64[i:i + 40] for i in range(0, len(CAMERA_B64) - 40, len(CAMERA_B64) // 7)]
+    pieces = [camera_b64[i:i + 40] for i in range(0, len(camera_b64) - 40, len(camera_b64) // 7)]
     for line in srv.lines:
         assert not BASE64_RUN.search(line), line[:200]
         assert not any(piece in line for piece in pieces), line[:200]
@@ -274,7 +265,7 @@ def test_the_api_key_never_appears_in_the_output():
     wrong_key = "sk-wrong-" + uuid.uuid4().hex
     with ServerProcess("--workers", "1", env={"DETSERVE_API_KEY": api_key}) as srv:
         srv.log_format = "text"
-        body = {"id": "cam", "image": CAMERA_B64}
+        body = {"id": "cam", "image": b64(camera_jpeg())}
         attempts = [
             ({}, 401),
             ({"Authorization": f"Bearer {wrong_key}"}, 401),

@@ -13,15 +13,14 @@ import re
 import subprocess
 import sys
 from dataclasses import fields
-from pathlib import Path
 
 import pytest
 import yaml
 from kubernetes_validate import utils as kubernetes_validate
 
 from detserve.config import ENV_PREFIX, Config
+from support import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = REPO_ROOT / "manifests"
 EXPECTED_FILES = {
     "deployment.yml", "service.yml", "service-loadbalancer.yml", "service-clusterip.yml",

@@ -1,263 +1,41 @@
 """/metrics: a strict Prometheus text-format (0.0.4) parser, and exact counts after real traffic.
 
-The parser is written here, from the format's rules, so a test fails when the
-exposition is wrong even where Prometheus itself would be lenient. Its own
-tests feed it broken texts first; then real servers (the real model, the
-images in inputfolder/) are driven with a known mix of requests and every
-counter is checked against what the client saw.
+The parser (in support.py, where every test reads /metrics with it) is
+written from the format's rules, so a test fails when the exposition is wrong
+even where Prometheus itself would be lenient. Its own tests here feed it
+broken texts first; then real servers (the real model, the images in
+inputfolder/) are driven with a known mix of requests and every counter is
+checked against what the client saw.
 """
 
-import base64
 import collections
 import json
 import math
+import os
 import re
-import threading
+import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 
-from conftest import ServerProcess, sample_images
 from detserve import metrics as exposition
 from detserve.model_files import DEFAULT_MODEL_DIR
+from support import ExpositionError, Scrape, ServerProcess, b64, image_bytes, parse_exposition, sample_images, \
+    scrape_metrics
 
-METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-# Go's ParseFloat, as the format requires, minus hex floats and Python's extras (underscores, "inf").
-FLOAT_TEXT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-SPECIAL_VALUES = {"NaN": math.nan, "+Inf": math.inf, "-Inf": -math.inf}
-TIMESTAMP = re.compile(r"-?\d+")
-TYPES = ("counter", "gauge", "histogram", "summary", "untyped")
-COCO_LABELS = [label.strip() for label in (DEFAULT_MODEL_DIR / "coco.names").read_text().splitlines() if label.strip()]
-IMAGES = [(path.name, path.read_bytes()) for path in sample_images()]
 WORKERS = 2
 
 
-# -- the parser -----------------------------------------------------------------------------------
-class ExpositionError(ValueError):
-    pass
+def coco_labels():
+    """Read here, not with detserve's own reader, so the label set is checked independently."""
+    text = (DEFAULT_MODEL_DIR / "coco.names").read_text()
+    return [label.strip() for label in text.splitlines() if label.strip()]
 
 
-@dataclass
-class Family:
-    name: str
-    type: str = None
-    help: str = None
-    # (sample name, frozenset of (label, value)) -> value
-    samples: dict = field(default_factory=dict)
-
-
-@dataclass
-class Scrape:
-    families: dict
-
-    def family(self, name):
-        assert name in self.families, f"no metric family {name!r}"
-        return self.families[name]
-
-    def series(self, name, sample_name=None):
-        """{frozenset(labels): value} for the samples called sample_name (default: name)."""
-        wanted = sample_name or name
-        return {labels: v for (sname, labels), v in self.family(name).samples.items() if sname == wanted}
-
-    def value(self, name, **labels):
-        key = (name, frozenset(labels.items()))
-        samples = self.family(name).samples
-        assert key in samples, f"no sample {name}{labels}; have {sorted(dict(k[1]) for k in samples)}"
-        return samples[key]
-
-    def histogram(self, name, **labels):
-        """(buckets as [(le, cumulative count)], sum, count) of one histogram series."""
-        family = self.family(name)
-        assert family.type == "histogram"
-        fixed = frozenset(labels.items())
-        buckets = sorted((float(dict(ls)["le"]), v) for (sname, ls), v in family.samples.items()
-                         if sname == name + "_bucket" and ls - {("le", dict(ls)["le"])} == fixed)
-        assert buckets, f"no buckets for {name}{labels}"
-        return buckets, family.samples[(name + "_sum", fixed)], family.samples[(name + "_count", fixed)]
-
-
-def _unescape(text, allowed, where):
-    out, i = [], 0
-    while i < len(text):
-        char = text[i]
-        if char == "\\":
-            if i + 1 >= len(text) or text[i + 1] not in allowed:
-                raise ExpositionError(f"bad escape {text[i:i + 2]!r} in {where}")
-            out.append(allowed[text[i + 1]])
-            i += 2
-        else:
-            out.append(char)
-            i += 1
-    return "".join(out)
-
-
-def _parse_value(text, line):
-    if text in SPECIAL_VALUES:
-        return SPECIAL_VALUES[text]
-    if not FLOAT_TEXT.fullmatch(text):
-        raise ExpositionError(f"value {text!r} is not a float: {line!r}")
-    return float(text)
-
-
-def _parse_labels(text, pos, line):
-    """Parse '{a="x",b="y"}' starting at text[pos] == '{'; return (labels, position after '}')."""
-    labels = {}
-    pos += 1
-    while True:
-        if text[pos:pos + 1] == "}":
-            return labels, pos + 1
-        match = LABEL_NAME.match(text, pos)
-        if not match:
-            raise ExpositionError(f"bad label name at column {pos}: {line!r}")
-        name = match.group()
-        pos = match.end()
-        if text[pos:pos + 2] != '="':
-            raise ExpositionError(f"expected =\" after label {name!r}: {line!r}")
-        pos += 2
-        start = pos
-        while pos < len(text) and text[pos] != '"':
-            pos += 2 if text[pos] == "\\" else 1
-        if pos >= len(text):
-            raise ExpositionError(f"unterminated value of label {name!r}: {line!r}")
-        value = _unescape(text[start:pos], {"\\": "\\", '"': '"', "n": "\n"}, f"label {name!r}")
-        if name in labels:
-            raise ExpositionError(f"label {name!r} twice: {line!r}")
-        labels[name] = value
-        pos += 1
-        if text[pos:pos + 1] == ",":  # a trailing comma before '}' is allowed
-            pos += 1
-        elif text[pos:pos + 1] != "}":
-            raise ExpositionError(f"expected , or }} after label {name!r}: {line!r}")
-
-
-def _family_of(sample_name, families):
-    for suffix, kinds in (("_bucket", ("histogram",)), ("_sum", ("histogram", "summary")),
-                          ("_count", ("histogram", "summary"))):
-        base = sample_name[: -len(suffix)]
-        if sample_name.endswith(suffix) and base in families and families[base].type in kinds:
-            return families[base]
-    family = families.get(sample_name)
-    if family is not None and family.type != "histogram":
-        return family
-    return None
-
-
-def parse_exposition(text):
-    """Parse a whole scrape strictly; raise ExpositionError at the first broken rule."""
-    if not text.endswith("\n"):
-        raise ExpositionError("the exposition must end with a newline")
-    if "\r" in text:
-        raise ExpositionError("lines end with \\n, never \\r")
-    families = {}
-    current = None  # a family's lines form one group: no going back to an earlier one
-    closed = set()
-
-    def enter(family):
-        nonlocal current
-        if current is not family:
-            if family.name in closed:
-                raise ExpositionError(f"lines of {family.name} are not contiguous")
-            if current is not None:
-                closed.add(current.name)
-            current = family
-
-    for line in text[:-1].split("\n"):
-        if not line.strip():
-            continue
-        if line.startswith("#"):
-            parts = line.split(" ", 3)
-            if len(parts) < 3 or parts[0] != "#" or parts[1] not in ("HELP", "TYPE"):
-                continue  # a plain comment
-            keyword, name = parts[1], parts[2]
-            if not METRIC_NAME.fullmatch(name):
-                raise ExpositionError(f"bad metric name {name!r}: {line!r}")
-            family = families.setdefault(name, Family(name))
-            enter(family)
-            if family.samples:
-                raise ExpositionError(f"{keyword} for {name} after its samples")
-            rest = parts[3] if len(parts) == 4 else ""
-            if keyword == "HELP":
-                if family.help is not None:
-                    raise ExpositionError(f"second HELP for {name}")
-                family.help = _unescape(rest, {"\\": "\\", "n": "\n"}, f"HELP of {name}")
-            else:
-                if family.type is not None:
-                    raise ExpositionError(f"second TYPE for {name}")
-                if rest not in TYPES:
-                    raise ExpositionError(f"unknown type {rest!r} for {name}")
-                family.type = rest
-            continue
-        match = METRIC_NAME.match(line)
-        if not match:
-            raise ExpositionError(f"bad metric name: {line!r}")
-        sample_name, pos = match.group(), match.end()
-        labels = {}
-        if line[pos:pos + 1] == "{":
-            labels, pos = _parse_labels(line, pos, line)
-        fields = line[pos:].split()
-        if not line[pos:pos + 1].isspace() or len(fields) not in (1, 2):
-            raise ExpositionError(f"expected ' value [timestamp]' after the name: {line!r}")
-        value = _parse_value(fields[0], line)
-        if len(fields) == 2 and not TIMESTAMP.fullmatch(fields[1]):
-            raise ExpositionError(f"bad timestamp: {line!r}")
-        family = _family_of(sample_name, families)
-        if family is None or family.type is None:
-            raise ExpositionError(f"sample {sample_name} comes before the TYPE of its family: {line!r}")
-        enter(family)
-        key = (sample_name, frozenset(labels.items()))
-        if key in family.samples:
-            raise ExpositionError(f"duplicate series: {line!r}")
-        family.samples[key] = value
-    for family in families.values():
-        if family.type is None:
-            raise ExpositionError(f"{family.name} has HELP but no TYPE")
-        _check_family(family)
-    return Scrape(families)
-
-
-def _check_family(family):
-    if family.type == "counter":
-        if not family.name.endswith("_total"):
-            raise ExpositionError(f"counter {family.name} does not end in _total")
-        for (_, labels), value in family.samples.items():
-            if not value >= 0:  # also refuses NaN
-                raise ExpositionError(f"counter {family.name}{dict(labels)} is {value}")
-    if family.type != "histogram":
-        return
-    name = family.name
-    series = collections.defaultdict(dict)
-    for (sname, labels), value in family.samples.items():
-        label_map = dict(labels)
-        if sname == name + "_bucket":
-            if "le" not in label_map:
-                raise ExpositionError(f"{sname}{label_map} has no le label")
-            le = _parse_value(label_map.pop("le"), sname)
-            series[frozenset(label_map.items())].setdefault("buckets", []).append((le, value))
-        else:
-            if "le" in label_map:
-                raise ExpositionError(f"{sname} carries an le label")
-            series[labels][sname[len(name) + 1:]] = value
-    for labels, parts in series.items():
-        where = f"{name}{dict(labels)}"
-        buckets = parts.get("buckets")
-        if not buckets:
-            raise ExpositionError(f"{where} has no buckets")
-        bounds = [le for le, _ in buckets]
-        if bounds != sorted(bounds) or len(set(bounds)) != len(bounds):
-            raise ExpositionError(f"{where}: le values are not ascending: {bounds}")
-        if bounds[-1] != math.inf:
-            raise ExpositionError(f"{where}: the last bucket is not le=\"+Inf\"")
-        counts = [count for _, count in buckets]
-        if any(b < a for a, b in zip(counts, counts[1:])):
-            raise ExpositionError(f"{where}: buckets are not cumulative: {counts}")
-        if any(count != int(count) or count < 0 for count in counts):
-            raise ExpositionError(f"{where}: bucket counts are not whole numbers: {counts}")
-        if "count" not in parts or "sum" not in parts:
-            raise ExpositionError(f"{where} lacks _count or _sum")
-        if parts["count"] != counts[-1]:
-            raise ExpositionError(f"{where}: _count {parts['count']} != +Inf bucket {counts[-1]}")
+def sample_image_pairs():
+    return [(path.name, image_bytes(path.name)) for path in sample_images()]
 
 
 # -- the parser's own tests: it must refuse what the format forbids ---------------------------------
@@ -372,23 +150,12 @@ def test_unlabelled_metrics_are_exported_before_their_first_event():
 
 
 # -- a real server under known traffic --------------------------------------------------------------
-def b64(data):
-    return base64.b64encode(data).decode()
-
-
 VALID_COUNT = 10
 BAD_BODIES = [  # all three are found by a worker, so each also waits in the queue once
     json.dumps({"id": "bad-base64", "image": "@@@ not base64 @@@"}).encode(),
     json.dumps({"id": "not-an-image", "image": b64(b"hello, this is not a picture")}).encode(),
     b'{"id": "malformed", "image": ',
 ]
-
-
-def scrape_metrics(srv, request_id=None):
-    status, headers, text = srv.request("/metrics", headers={"X-Request-ID": request_id} if request_id else None)
-    assert status == 200
-    assert headers["Content-Type"].startswith("text/plain; version=0.0.4"), headers["Content-Type"]
-    return parse_exposition(text)
 
 
 def wait_until_counted(srv, request_ids):
@@ -410,7 +177,8 @@ def traffic():
     """A fresh server batching up to 4: one scrape, 10 valid and 3 bad detections sent 4 at a time, a scrape."""
     with ServerProcess("--workers", str(WORKERS), "--max-batch", "4") as srv:
         first = scrape_metrics(srv, "first-scrape")
-        bodies = [{"id": f"valid-{i}-{IMAGES[i % len(IMAGES)][0]}", "image": b64(IMAGES[i % len(IMAGES)][1])}
+        images = sample_image_pairs()
+        bodies = [{"id": f"valid-{i}-{images[i % len(images)][0]}", "image": b64(images[i % len(images)][1])}
                   for i in range(VALID_COUNT)]
         for position, bad in zip((2, 6, 11), BAD_BODIES):  # spread among the valid ones
             bodies.insert(position, bad)
@@ -507,9 +275,10 @@ def test_detections_by_label_match_the_responses_and_cover_all_coco_labels(traff
                                  for d in payload["detections"])
     assert served, "the sample images should yield some detections"
     exported = {dict(labels)["label"]: v for labels, v in traffic.last.series("detserve_detections_total").items()}
-    assert len(COCO_LABELS) == 80
-    assert set(exported) == set(COCO_LABELS)
-    assert exported == {label: served.get(label, 0) for label in COCO_LABELS}
+    labels = coco_labels()
+    assert len(labels) == 80
+    assert set(exported) == set(labels)
+    assert exported == {label: served.get(label, 0) for label in labels}
 
 
 def test_worker_gauges(traffic):
@@ -525,28 +294,30 @@ def test_worker_gauges(traffic):
 
 
 def test_overload_is_counted_as_overload():
-    """One worker taking one request at a time, a queue of one, and a burst of 16."""
-    image = IMAGES[0][1]
+    """One worker, stopped while a burst of 16 arrives, a queue of one: the rest overflow."""
+    image = sample_image_pairs()[0][1]
     with ServerProcess("--workers", "1", "--max-batch", "1", "--queue-size", "1") as srv:
-        statuses = collections.Counter()
-        request_ids = []
-        for burst in range(3):  # in practice the first burst overflows; retry rather than flake
-            start = threading.Barrier(16)
+        request_ids = [f"burst-{i}" for i in range(16)]
 
-            def post(request_id):
-                start.wait()
-                status, headers, _ = srv.request("/api/?id=burst", image,
-                                                 headers={"Content-Type": "image/jpeg", "X-Request-ID": request_id})
-                if status == 503:
-                    assert headers["Retry-After"] == "1"
-                return status
+        def post(request_id):
+            status, headers, _ = srv.request("/api/?id=burst", image,
+                                             headers={"Content-Type": "image/jpeg", "X-Request-ID": request_id})
+            if status == 503:
+                assert headers["Retry-After"] == "1"
+            return status
 
-            ids = [f"burst-{burst}-{i}" for i in range(16)]
-            request_ids += ids
+        (worker,) = srv.worker_pids()
+        os.kill(worker, signal.SIGSTOP)  # the queue stays full until every refusal is out
+        try:
             with ThreadPoolExecutor(max_workers=16) as pool:
-                statuses.update(pool.map(post, ids))
-            if statuses[503]:
-                break
+                futures = [pool.submit(post, request_id) for request_id in request_ids]
+                give_up_s = time.monotonic() + 20
+                while sum(f.done() for f in futures) < 16 - 3 and time.monotonic() < give_up_s:
+                    time.sleep(0.05)
+                os.kill(worker, signal.SIGCONT)
+                statuses = collections.Counter(f.result() for f in futures)
+        finally:
+            os.kill(worker, signal.SIGCONT)
         wait_until_counted(srv, request_ids)
         assert set(statuses) <= {200, 503}, statuses
         assert statuses[503] > 0, "a burst of 16 never overflowed a queue of 1"

@@ -16,7 +16,7 @@ import pytest
 import cv2
 import numpy as np
 
-from conftest import INPUT_FOLDER, REPO_ROOT, ServerProcess, http_request
+from support import INPUT_FOLDER, REPO_ROOT, ServerProcess
 from detserve.front import page as page_assets
 from detserve.front.handler import WELCOME_TEXT
 

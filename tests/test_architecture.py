@@ -1,0 +1,115 @@
+"""The structure the README draws, checked: the front end never loads OpenCV or numpy, test
+modules stand alone, and no class or function in detserve/ has grown to do several jobs.
+"""
+
+import ast
+import json
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+import detserve
+from support import REPO_ROOT
+
+HEAVY_MODULES = ("cv2", "numpy")
+WORKER_PACKAGE = "detserve.worker"
+TESTS = REPO_ROOT / "tests"
+# Test modules may import these helper modules; conftest is loaded by pytest, never imported.
+TEST_HELPER_MODULES = {"support", "reference", "standin_worker"}
+MAX_CLASS_LINES = 200
+MAX_FUNCTION_LINES = 40
+# Over the limit when the guard was written, to be split; an entry may only shrink or go.
+KNOWN_OVERSIZED = {"detserve/front/handler.py:DetectionRequestHandler": 226}
+
+
+# -- the front end never imports OpenCV or numpy ------------------------------------------------------
+def front_end_modules():
+    """Every module of detserve outside detserve/worker/, found by walking the package."""
+    names = [info.name for info in pkgutil.walk_packages(detserve.__path__, "detserve.")]
+    return ["detserve", *sorted(name for name in names
+                                if name != WORKER_PACKAGE and not name.startswith(WORKER_PACKAGE + "."))]
+
+
+def heavy_modules_after_importing(module):
+    """Which of HEAVY_MODULES a fresh interpreter holds after importing module."""
+    probe = (f"import importlib, json, sys; importlib.import_module({module!r}); "
+             f"print(json.dumps([name for name in {HEAVY_MODULES!r} if name in sys.modules]))")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_the_walk_finds_every_part_of_the_front_end():
+    modules = front_end_modules()
+    for expected in ("detserve.server", "detserve.calibrate", "detserve.protocol", "detserve.front.handler",
+                     "detserve.pool.worker_pool", "detserve.pool.supervisor"):
+        assert expected in modules
+    assert not any(name.startswith(WORKER_PACKAGE) for name in modules)
+
+
+@pytest.mark.parametrize("module", front_end_modules())
+def test_importing_a_module_outside_the_worker_loads_neither_opencv_nor_numpy(module):
+    assert heavy_modules_after_importing(module) == []
+
+
+def test_the_import_probe_sees_opencv_where_it_is_loaded():
+    """The check above can fail: the worker's detector does bring both in."""
+    assert heavy_modules_after_importing("detserve.worker.detector") == list(HEAVY_MODULES)
+
+
+# -- test modules stand alone ------------------------------------------------------------------------
+def imported_top_level_names(path):
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_no_test_module_imports_another_test_module_or_conftest():
+    local_modules = {path.stem for path in TESTS.glob("*.py")}
+    assert {"conftest", "support"} <= local_modules  # the walk below looks where the tests are
+    forbidden = local_modules - TEST_HELPER_MODULES
+    offenders = {path.name: sorted(imported_top_level_names(path) & forbidden)
+                 for path in sorted(TESTS.glob("*.py"))}
+    assert {name: imports for name, imports in offenders.items() if imports} == {}
+
+
+# -- size guard ------------------------------------------------------------------------------------------
+def oversized_definitions(package_dir, root=REPO_ROOT):
+    """{"path:Class" or "path:function": lines} for every class over MAX_CLASS_LINES and
+    every function or method over MAX_FUNCTION_LINES (docstring and comments included)."""
+    found = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ClassDef):
+                limit = MAX_CLASS_LINES
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                limit = MAX_FUNCTION_LINES
+            else:
+                continue
+            lines = node.end_lineno - node.lineno + 1
+            if lines > limit:
+                found[f"{path.relative_to(root)}:{node.name}"] = lines
+    return found
+
+
+def test_no_class_over_200_lines_and_no_function_over_40_in_detserve():
+    found = oversized_definitions(REPO_ROOT / "detserve")
+    new_or_grown = {name: lines for name, lines in found.items() if lines > KNOWN_OVERSIZED.get(name, 0)}
+    assert new_or_grown == {}, f"split these; each does more than one job: {new_or_grown}"
+    fixed = {name: lines for name, lines in KNOWN_OVERSIZED.items() if found.get(name, 0) < lines}
+    assert fixed == {}, f"smaller now ({found}): lower or drop their KNOWN_OVERSIZED entries"
+
+
+def test_the_size_guard_sees_a_long_function_and_a_long_class(tmp_path):
+    statements = "".join(f"        x{i} = {i}\n" for i in range(MAX_CLASS_LINES))
+    (tmp_path / "long.py").write_text(
+        "class Big:\n    def method(self):\n" + statements
+        + "\n\ndef short():\n    return 1\n")
+    assert oversized_definitions(tmp_path, root=tmp_path) == {
+        "long.py:Big": MAX_CLASS_LINES + 2, "long.py:method": MAX_CLASS_LINES + 1}
