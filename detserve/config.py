@@ -32,6 +32,7 @@ class Config:
     client_timeout_s: float = 10.0
     max_body_mb: float = 20.0
     max_pixels: int = 40_000_000
+    max_images: int = 16
     decode_reduction: str = "auto"
     confidence: float = 0.3
     nms: float = 0.1
@@ -67,6 +68,7 @@ HELP = {
     "client_timeout_s": "idle or slow client connections are closed after this",
     "max_body_mb": "largest request body accepted (413 above it)",
     "max_pixels": "largest image accepted, width x height (413 above it), checked before decoding",
+    "max_images": "most images in one multi-image request {\"images\": [...]} (413 above it)",
     "decode_reduction": "auto: decode a large JPEG at 1/2, 1/4 or 1/8 scale while both sides stay >= 832 px "
                         "(boxes stay in the original's pixels); off: always decode in full",
     "confidence": "confidence threshold for a detection",
@@ -131,7 +133,7 @@ def validate(config):
     if not 0 <= config.port <= 65535:
         return "--port must be between 0 and 65535"
     positive = ("workers", "max_batch", "queue_size", "request_timeout_s", "drain_timeout_s",
-                "client_timeout_s", "max_body_mb", "max_pixels")
+                "client_timeout_s", "max_body_mb", "max_pixels", "max_images")
     for name in positive:
         if getattr(config, name) <= 0:
             return f"--{name.replace('_', '-')} must be greater than 0"

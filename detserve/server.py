@@ -47,9 +47,10 @@ def run(config):
     except model_files.ModelFileError as exc:
         log.error("%s", exc)
         return ExitCode.CONFIG_ERROR
-    metrics = ServerMetrics(model_files.read_labels(config.model_dir), config.workers)
+    labels = model_files.read_labels(config.model_dir)
+    metrics = ServerMetrics(labels, config.workers)
     pool = WorkerPool(config, worker_main, metrics)
-    state = ServerState(config, pool, metrics)
+    state = ServerState(config, pool, metrics, labels)
     try:
         httpd = DetectionHTTPServer((config.host, config.port), state)
     except OSError as exc:

@@ -19,20 +19,25 @@ from ..logs import log_access
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..pool.pending import PendingRequest
 from ..protocol import RejectReason, Refusal
-from . import admission, page
+from . import admission, answer_options, openapi, page
 from .body_reader import read_body
 from .deadline_reader import DeadlineLineReader
 
 log = logging.getLogger("detserve.http")
 
 API_PATHS = ("/api/", "/api")
-GET_ROUTES = ("/", "/healthz", "/readyz", "/metrics")
+# Path -> the method answering GET (and HEAD) there. With API_PATHS and the page's
+# assets this is every route the server answers, and what openapi.json documents.
+GET_ROUTES = {"/": "_get_root", "/healthz": "_get_healthz", "/readyz": "_get_readyz", "/metrics": "_get_metrics",
+              "/api/labels": "_get_labels", "/openapi.json": "_get_openapi"}
 CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 WELCOME_TEXT = (
     "detserve: object detection with YOLOv3-tiny.\n"
     "POST /api/ with JSON {\"id\": \"...\", \"image\": \"<base64 JPEG or PNG>\"}\n"
     "  -> {\"id\": \"...\", \"detections\": [{\"label\", \"confidence\", \"bbox\": [x, y, w, h]}]}\n"
+    "Options: ?confidence=, ?nms=, ?classes=, ?max_detections=; Accept: image/jpeg for an annotated image;\n"
+    "  {\"images\": [...]} for several images. GET /openapi.json describes it all; GET /api/labels lists the labels.\n"
     "GET /healthz (liveness), /readyz (readiness), /metrics (Prometheus).\n"
 )
 
@@ -129,7 +134,7 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
             self._route = path
             if method not in ("GET", "HEAD"):
                 raise self._wrong_method("GET, HEAD")
-            return getattr(self, "_get_" + (path.strip("/") or "root"))()
+            return getattr(self, GET_ROUTES[path])()
         if path.startswith(page.ASSET_PREFIX):
             self._route = page.ASSET_PREFIX  # one metrics label for every asset, known or not
             if method not in ("GET", "HEAD"):
@@ -176,6 +181,12 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
         state = self.server.state
         self._send(200, state.metrics.render(state.gauge_readings()).encode(), METRICS_CONTENT_TYPE)
 
+    def _get_labels(self):
+        self._send_json(200, list(self.server.state.labels))
+
+    def _get_openapi(self):
+        self._send(200, openapi.document(), "application/json")
+
     # -- POST /api/ -------------------------------------------------------------------------------
     def _detect(self):
         # In flight from arrival until the answer is on the wire, so that a drain
@@ -190,7 +201,9 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
         state = self.server.state
         config = state.config
         arrived_s = time.monotonic()
-        admitted = admission.admit(self.headers, urlsplit(self.path).query, config, state.draining)
+        query = urlsplit(self.path).query
+        admitted = admission.admit(self.headers, query, config, state.draining)
+        output_format = answer_options.output_format(query, self.headers.get("Accept"))
         if self.headers.get("Expect", "").lower() == "100-continue":
             # Only now, after every check a refusal could come from, invite the body.
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -198,7 +211,8 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
         body = read_body(self.rfile, self.connection, admitted.body_length, config.client_timeout_s)
         self._body_read = True
         pending = PendingRequest(state.next_task_id(), self._request_id, admitted.media_type,
-                                 admitted.query_image_id, body, arrived_s + config.request_timeout_s)
+                                 admitted.query_image_id, body, arrived_s + config.request_timeout_s,
+                                 answer_options.query_options(query), output_format)
         try:
             state.pool.submit(pending)
         except Refusal as refusal:
@@ -212,7 +226,7 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
         self._stage_timing_ms.update(queue=result.queue_wait_s * 1000, inference=result.inference_s * 1000)
         if result.reject_reason:
             state.metrics.reject(result.reject_reason)
-        self._send(result.status, result.body, "application/json")
+        self._send(result.status, result.body, result.content_type, headers=dict(result.headers))
 
     # -- answering --------------------------------------------------------------------------------
     def send_error(self, code, message=None, explain=None):

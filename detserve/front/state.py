@@ -8,8 +8,9 @@ from ..metrics import GaugeReadings
 
 
 class ServerState:
-    def __init__(self, config, pool, metrics):
+    def __init__(self, config, pool, metrics, labels=()):
         self.config = config
+        self.labels = tuple(labels)  # the model's class labels, for GET /api/labels
         self.pool = pool
         self.metrics = metrics
         self.draining = False  # set once by server.run on the first SIGTERM/SIGINT
