@@ -106,6 +106,13 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
     def do_OPTIONS(self):
         self._route_request("OPTIONS")
 
+    def __getattr__(self, name):
+        # Any other method (TRACE, QUERY, ...) on a known path is 405 with Allow, elsewhere
+        # 404, like the methods above: http.server alone would answer 501, a server error.
+        if name.startswith("do_") and name[3:].isupper():
+            return lambda: self._route_request(name[3:])
+        raise AttributeError(name)
+
     def _route_request(self, method):
         self._started_s = time.perf_counter()
         self.rfile.deadline_s = None
