@@ -140,3 +140,11 @@ def test_fuzzing_left_no_server_error_and_no_worker_restart(api_server):
     image = base64.b64encode(CAMERA).decode()
     status, _, payload = api_server.request("/api/", {"id": "after", "image": image})
     assert status == 200 and payload["detections"], payload
+
+
+@pytest.mark.parametrize("method", ["TRACE", "QUERY", "PROPFIND"])
+def test_an_unknown_method_is_405_on_a_known_path_and_404_elsewhere(api_server, method):
+    """schemathesis' first finding: any method http.server has no do_ for was a 501 (a server error)."""
+    for path in ("/", "/api/", "/metrics", "/page/page.js"):
+        assert status_only(api_server, method, path) == 405, (method, path)
+    assert status_only(api_server, method, "/no-such-path") == 404
