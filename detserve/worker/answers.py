@@ -9,11 +9,11 @@ import json
 from ..protocol import OUTPUT_MEDIA_TYPES, Refusal, Result
 from .annotation import annotate_jpeg
 
-# A response header must stay small enough for any proxy (nginx's default
-# buffer is 4-8 KiB for all headers together): past this, X-Detections keeps the
-# most confident detections that fit and X-Detections-Truncated says how many
-# were left out. The body (the JPEG) is not limited by it.
-MAX_DETECTIONS_HEADER_BYTES = 6 * 1024
+# The whole response head must fit a proxy's buffer: nginx's default proxy_buffer_size
+# is one 4 KiB page, and a head larger than that fails the request at the proxy. So
+# X-Detections keeps the most confident detections that fit in 3 KiB (about 35) and
+# X-Detections-Truncated says how many were left out; the JPEG itself is not limited.
+MAX_DETECTIONS_HEADER_BYTES = 3 * 1024
 
 
 def detections_json(detections):
