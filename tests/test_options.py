@@ -220,3 +220,14 @@ def test_mixed_options_in_one_batch_answer_exactly_as_alone(srv):
             if largest_batch == len(MIXED):
                 break
         assert largest_batch >= 2, "no two of the mixed requests shared a batch"
+
+
+def test_the_pages_request_gets_the_low_threshold_answer_it_asks_for(srv):
+    """page.js asks POST /api/?id=...&confidence=REQUEST_CONFIDENCE and filters client-side."""
+    script = (INPUT_FOLDER.parent / "detserve" / "front" / "page" / "page.js").read_text()
+    confidence = float(re.search(r"REQUEST_CONFIDENCE = ([0-9.]+)", script).group(1))
+    assert confidence < 0.3
+    for path in sample_images():
+        data = path.read_bytes()
+        answer = detections_of(post_raw(srv, data, f"id=page&confidence={confidence}"))
+        assert_same_detections(answer, reference_detections(data, confidence, 0.1))
