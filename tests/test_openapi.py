@@ -115,7 +115,7 @@ def test_the_served_document_is_the_package_file_and_its_labels_are_the_models(a
     assert len(labels) == 80
 
 
-def test_the_live_server_keeps_its_contract_under_fuzzing(api_server):
+def test_the_live_server_keeps_its_contract_under_fuzzing(api_server, tmp_path):
     """schemathesis against the live server, every phase (examples, coverage, fuzzing), bounded and
     seeded: no 5xx, and every answer's status, content type, headers and body as documented.
 
@@ -125,7 +125,8 @@ def test_the_live_server_keeps_its_contract_under_fuzzing(api_server):
                "--checks", ",".join(FUZZ_CHECKS), "--max-examples", str(FUZZ_EXAMPLES), "--seed", str(FUZZ_SEED),
                "--workers", "1", "--generation-database", "none", "--request-timeout", "30",
                "--no-color"]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=FUZZ_TIMEOUT_S)
+    # In tmp_path: schemathesis keeps a cache in its working directory.
+    run = subprocess.run(command, capture_output=True, text=True, timeout=FUZZ_TIMEOUT_S, cwd=tmp_path)
     report = run.stdout + run.stderr
     assert run.returncode == 0, report[-6000:]
     generated = re.search(r"(\d+) generated", report)
