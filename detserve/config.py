@@ -36,6 +36,7 @@ class Config:
     max_body_buffer_mb: float = 160.0
     max_connections: int = 256
     max_pixels: int = 40_000_000
+    max_images: int = 16
     decode_reduction: str = "auto"
     confidence: float = 0.3
     nms: float = 0.1
@@ -78,6 +79,7 @@ HELP = {
                           "(a body that would pass it is refused with 503 before it is read)",
     "max_connections": "open client connections (each has a thread); beyond it a new one gets 503 and is closed",
     "max_pixels": "largest image accepted, width x height (413 above it), checked before decoding",
+    "max_images": "most images in one multi-image request {\"images\": [...]} (413 above it)",
     "decode_reduction": "auto: decode a large JPEG at 1/2, 1/4 or 1/8 scale while both sides stay >= 832 px "
                         "(boxes stay in the original's pixels); off: always decode in full",
     "confidence": "confidence threshold for a detection",
@@ -142,7 +144,8 @@ def validate(config):
     if not 0 <= config.port <= 65535:
         return "--port must be between 0 and 65535"
     positive = ("workers", "max_batch", "queue_size", "request_timeout_s", "drain_timeout_s",
-                "client_timeout_s", "max_body_mb", "max_body_buffer_mb", "max_connections", "max_pixels")
+                "client_timeout_s", "max_body_mb", "max_body_buffer_mb", "max_connections", "max_pixels",
+                "max_images")
     for name in positive:
         if getattr(config, name) <= 0:
             return f"--{name.replace('_', '-')} must be greater than 0"

@@ -214,7 +214,7 @@ class ServerMetrics:
         for result in results:
             self.queue_wait.observe(result.queue_wait_s)
             if result.status == 200:
-                self.images.inc()
+                self.images.inc(amount=result.images_run)
                 for label in result.labels:
                     self.detections.inc(label)
 

@@ -25,6 +25,11 @@ JSON_MEDIA_TYPE = "application/json"
 IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png")
 MAX_IMAGE_ID_CHARS = 256
 RETRY_AFTER_S = 1
+# The per-request options a client may send, as query parameters or JSON fields;
+# the front end passes the query's raw strings on, the worker validates both.
+DETECTION_OPTION_NAMES = ("confidence", "nms", "classes", "max_detections", "max_side")
+# What a detection answer can be: the front end picks one from Accept or ?format=.
+OUTPUT_MEDIA_TYPES = {"json": JSON_MEDIA_TYPE, "jpeg": "image/jpeg"}
 
 
 class ExitCode(enum.IntEnum):
@@ -104,11 +109,14 @@ class TaskHeader:
     query_image_id: Optional[str]
     enqueued_at_s: float  # time.monotonic(), which every process on the host shares
     deadline_s: float
+    query_options: dict = field(default_factory=dict)  # {DETECTION_OPTION_NAMES: raw query string}
+    output_format: str = "json"  # a key of OUTPUT_MEDIA_TYPES
 
 
 def encode_task_header(header):
     return json.dumps([header.task_id, header.request_id, header.media_type, header.query_image_id,
-                       header.enqueued_at_s, header.deadline_s]).encode()
+                       header.enqueued_at_s, header.deadline_s, header.query_options,
+                       header.output_format]).encode()
 
 
 def decode_task_header(data):
@@ -130,6 +138,9 @@ class Result:
     inference_s: float = 0.0
     batch_size: int = 0
     labels: Tuple[str, ...] = field(default_factory=tuple)
+    content_type: str = JSON_MEDIA_TYPE
+    headers: Tuple[Tuple[str, str], ...] = field(default_factory=tuple)  # copied onto the answer as they are
+    images_run: int = 1  # images of this request that went through the model (several for a multi-image one)
 
     @classmethod
     def failure(cls, task_id, refusal, image_id=None, **timings):

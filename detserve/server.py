@@ -43,23 +43,11 @@ class HaltServer(Exception):
 def run(config):
     logs.configure(config.log_format)
     try:
-        model_files.verify(config.model_dir)
-    except model_files.ModelFileError as exc:
-        log.error("%s", exc)
-        return ExitCode.CONFIG_ERROR
-    metrics = ServerMetrics(model_files.read_labels(config.model_dir), config.workers)
-    pool = WorkerPool(config, worker_main, metrics)
-    state = ServerState(config, pool, metrics)
-    try:
-        httpd = DetectionHTTPServer((config.host, config.port), state)
-    except OSError as exc:
-        log.error("cannot listen on %s:%s: %s", config.host, config.port, exc)
-        return ExitCode.CONFIG_ERROR
-
-    signals = queue.SimpleQueue()  # put() is safe inside a signal handler
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda num, frame: signals.put(num))
-
+        state, httpd = _compose(config)
+    except HaltServer as halt:
+        return halt.exit_code
+    pool = state.pool
+    signals = _queue_signals()
     started_s = time.monotonic()
     host, port = httpd.server_address[:2]
     log.info("listening on http://%s:%d (pid %d); settings %s", host, port, os.getpid(), config.public_view())
@@ -80,6 +68,31 @@ def run(config):
         _wait_for_answers_written(state)
     log.info("stopped (exit code %d)", exit_code)
     return exit_code
+
+
+def _compose(config):
+    """Build every part, each handed what it uses: (ServerState, DetectionHTTPServer)."""
+    try:
+        model_files.verify(config.model_dir)
+    except model_files.ModelFileError as exc:
+        log.error("%s", exc)
+        raise HaltServer(str(exc), ExitCode.CONFIG_ERROR) from None
+    labels = model_files.read_labels(config.model_dir)
+    metrics = ServerMetrics(labels, config.workers)
+    state = ServerState(config, WorkerPool(config, worker_main, metrics), metrics, labels)
+    try:
+        return state, DetectionHTTPServer((config.host, config.port), state)
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", config.host, config.port, exc)
+        raise HaltServer(str(exc), ExitCode.CONFIG_ERROR) from None
+
+
+def _queue_signals():
+    """SIGTERM and SIGINT only queue themselves (put() is safe in a signal handler); the loop acts."""
+    signals = queue.SimpleQueue()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda num, frame: signals.put(num))
+    return signals
 
 
 def _serve(state, signals, started_s):

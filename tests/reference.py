@@ -20,7 +20,7 @@ def _network():
     return net, net.getUnconnectedOutLayersNames(), labels
 
 
-def reference_detections(image_bytes):
+def reference_detections(image_bytes, confidence_threshold=CONFIDENCE, nms_threshold=NMS):
     """Return [(label, confidence, [x, y, w, h])] for one encoded image."""
     net, layer_names, labels = _network()
     image = cv2.imdecode(np.frombuffer(image_bytes, np.uint8), cv2.IMREAD_COLOR)
@@ -32,7 +32,7 @@ def reference_detections(image_bytes):
             scores = detection[5:]
             class_id = int(np.argmax(scores))
             confidence = scores[class_id]
-            if confidence > CONFIDENCE:
+            if confidence > confidence_threshold:
                 center_x, center_y, box_w, box_h = (detection[0:4] * np.array([width, height, width, height])).astype("int")
                 x = int(center_x - (box_w / 2))
                 y = int(center_y - (box_h / 2))
@@ -40,7 +40,7 @@ def reference_detections(image_bytes):
                 confidences.append(float(confidence))
                 class_ids.append(class_id)
     found = []
-    for i in np.array(cv2.dnn.NMSBoxes(boxes, confidences, CONFIDENCE, NMS)).flatten():
+    for i in np.array(cv2.dnn.NMSBoxes(boxes, confidences, confidence_threshold, nms_threshold)).flatten():
         x, y, w, h = boxes[i]
         right, bottom = min(x + w, width), min(y + h, height)
         x, y = max(x, 0), max(y, 0)

@@ -20,8 +20,8 @@ TESTS = REPO_ROOT / "tests"
 TEST_HELPER_MODULES = {"support", "reference", "standin_worker"}
 MAX_CLASS_LINES = 200
 MAX_FUNCTION_LINES = 40
-# Over the limit when the guard was written, to be split; an entry may only shrink or go.
-KNOWN_OVERSIZED = {"detserve/front/handler.py:DetectionRequestHandler": 226}
+# Over the limit and not yet split ("path:name": lines); an entry may only shrink or go.
+KNOWN_OVERSIZED = {}
 
 
 # -- the front end never imports OpenCV or numpy ------------------------------------------------------

@@ -18,7 +18,7 @@ import numpy as np
 
 from support import INPUT_FOLDER, REPO_ROOT, ServerProcess
 from detserve.front import page as page_assets
-from detserve.front.handler import WELCOME_TEXT
+from detserve.front.get_routes import WELCOME_TEXT
 
 try:
     from playwright.sync_api import sync_playwright

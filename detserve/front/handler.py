@@ -1,186 +1,63 @@
 """DetectionRequestHandler: route one HTTP request, refuse it or answer it, and log it once.
 
 Every refusal is a Refusal raised where its check is (admission, body
-reader, pool) and turned into an answer, a metric and a log line here, in
-_refuse.
+budget, body reader, pool, a route) and turned into an answer, a metric and a
+log line here, in _refuse. How a head is read and a connection closed is
+StrictRequestHandler's; what each GET path answers is get_routes'.
 """
 
-import http.client
-import json
 import logging
 import re
-import socket
 import time
 import uuid
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
 from .. import __version__
 from ..logs import log_access
-from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..pool.pending import PendingRequest
 from ..protocol import RejectReason, Refusal
-from . import admission, page
+from . import admission, answer_options, get_routes, page
 from .body_reader import read_body
-from .deadline_reader import DeadlineLineReader
-from .request_head import MAX_HEAD_BYTES, HeadError, parse_head
+from .get_routes import GET_ROUTES
+from .strict_handler import StrictRequestHandler
 
 log = logging.getLogger("detserve.http")
 
 API_PATHS = ("/api/", "/api")
-GET_ROUTES = ("/", "/healthz", "/readyz", "/metrics")
 CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-# Closing a socket with unread input makes the kernel answer with a reset, which can
-# destroy the error answer just written. So unread input is drained for a moment
-# first (nginx's lingering close), bounded in time and bytes.
-LINGER_S = 1.0
-LINGER_MAX_BYTES = 1 << 20
-
-WELCOME_TEXT = (
-    "detserve: object detection with YOLOv3-tiny.\n"
-    "POST /api/ with JSON {\"id\": \"...\", \"image\": \"<base64 JPEG or PNG>\"}\n"
-    "  -> {\"id\": \"...\", \"detections\": [{\"label\", \"confidence\", \"bbox\": [x, y, w, h]}]}\n"
-    "GET /healthz (liveness), /readyz (readiness), /metrics (Prometheus).\n"
-)
 
 
-class DetectionRequestHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Errors found before the request line is parsed still get status and headers
-    # (http.server's HTTP/0.9 default would send a bare body nobody can read).
-    default_request_version = "HTTP/1.1"
-    # Headers and body leave in one write, and without Nagle's algorithm: a
-    # second small write would otherwise wait for the client's delayed ACK
-    # (~40 ms on Linux), more than the whole inference at low load.
-    disable_nagle_algorithm = True
-    wbufsize = 64 * 1024  # coalesces headers and body; _send flushes once per answer
-
+class DetectionRequestHandler(StrictRequestHandler):
     def version_string(self):
         return f"detserve/{__version__}"  # not the Python version: nothing for a scanner to match
 
-    # -- connection and per-request state ------------------------------------------
-    def setup(self):
-        self.timeout = self.server.state.config.client_timeout_s
-        super().setup()
-        self.rfile = DeadlineLineReader(self.rfile, self.connection)
+    def client_timeout_s(self):
+        return self.server.state.config.client_timeout_s
 
-    def handle_one_request(self):
-        self.headers = self.path = self.command = None  # never a previous request's, if this one fails
-        self.request_version = self.default_request_version
-        # An idle keep-alive and the request line and headers share one --client-timeout-s.
-        self.rfile.deadline_s = time.monotonic() + self.timeout
-        self._started_s = None  # set when a request line arrives, not while a keep-alive idles
+    def start_request(self):
+        self._started_s = time.perf_counter()  # restarted when a request line arrives
         self._body_read = False
         self._stage_timing_ms = {}  # queue and inference, once a worker has answered
         self._responded = False
         self._request_id = None
         self._route = "other"
         self._log = {"image_id": None, "batch_size": None, "error": None}
-        try:
-            self.raw_requestline = self.rfile.readline(MAX_HEAD_BYTES + 1)
-            if not self.raw_requestline:
-                self.close_connection = True
-                return
-            if self.parse_request():
-                getattr(self, "do_" + self.command, self._unsupported_method)()
-                self.wfile.flush()
-        except TimeoutError:  # a read or a write timed out: discard this connection
-            self.close_connection = True
 
     def parse_request(self):
-        """Parse the request line and headers strictly (RFC 9112); on a bad head answer and close."""
-        self._started_s = time.perf_counter()
-        self.close_connection = True
-        try:
-            head = self.raw_requestline + self._read_header_lines(MAX_HEAD_BYTES - len(self.raw_requestline))
-            self.command, self.path, self.request_version, fields = parse_head(head)
-        except HeadError as error:
-            self.send_error(error.status, error.message)
+        self._started_s = time.perf_counter()  # not while a keep-alive idled
+        return super().parse_request()
+
+    def answered(self):
+        return self._responded
+
+    def unread_body(self):
+        if self._body_read or self.headers is None:
             return False
-        self.requestline = self.raw_requestline.decode("latin-1").rstrip("\r\n")
-        self.headers = http.client.HTTPMessage()
-        for name, value in fields:
-            self.headers[name] = value  # appends: a repeated header stays repeated
-        connection = self.headers.get("Connection", "").lower()
-        if self.request_version == "HTTP/1.1":
-            self.close_connection = connection == "close"
-        else:
-            self.close_connection = connection != "keep-alive"
-        return True
-
-    def _read_header_lines(self, budget_bytes):
-        """The header lines up to and with the blank line, refusing a head over budget_bytes."""
-        lines = []
-        while True:
-            line = self.rfile.readline(max(0, budget_bytes) + 1)
-            budget_bytes -= len(line)
-            lines.append(line)
-            if budget_bytes < 0:
-                raise HeadError(431, f"the request line and headers are more than {MAX_HEAD_BYTES:,} bytes; "
-                                     "send fewer or shorter headers")
-            if line in (b"\r\n", b"\n", b""):
-                return b"".join(lines)
-
-    def _unsupported_method(self):
-        self.send_error(501, f"the method {self.command} is not supported")
-
-    def finish(self):
-        if self.close_connection and self._unread_input():
-            self._linger()
-        super().finish()
-
-    def _unread_input(self):
-        """Whether the client may still be sending: a body or a head we did not read."""
-        return getattr(self, "_responded", False) and (self._unread_body() or self.headers is None)
-
-    def _linger(self):
-        try:
-            self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_WR)  # the answer is complete; we only read now
-            deadline_s = time.monotonic() + LINGER_S
-            drained = 0
-            while drained < LINGER_MAX_BYTES and time.monotonic() < deadline_s:
-                self.connection.settimeout(max(0.01, deadline_s - time.monotonic()))
-                chunk = self.connection.recv(65536)
-                if not chunk:
-                    break
-                drained += len(chunk)
-        except OSError:
-            pass  # the client went away first: nothing left to protect
-
-    def log_request(self, code="-", size="-"):
-        pass  # one access line per request is written by _send, with more fields
-
-    def log_message(self, format, *args):
-        pass  # http.server's own messages are replaced by the access log
+        return self.headers.get("Content-Length", "0").strip() not in ("", "0") or "Transfer-Encoding" in self.headers
 
     # -- routing ---------------------------------------------------------------------------
-    def do_GET(self):
-        self._route_request("GET")
-
-    def do_HEAD(self):
-        self._route_request("HEAD")
-
-    def do_POST(self):
-        self._route_request("POST")
-
-    def do_PUT(self):
-        self._route_request("PUT")
-
-    def do_DELETE(self):
-        self._route_request("DELETE")
-
-    def do_PATCH(self):
-        self._route_request("PATCH")
-
-    def do_OPTIONS(self):
-        self._route_request("OPTIONS")
-
-    def _route_request(self, method):
-        self._started_s = time.perf_counter()
-        self.rfile.deadline_s = None
-        self.connection.settimeout(self.timeout)  # not what was left of the header deadline
+    def route_request(self, method):
         self._request_id = self._pick_request_id()
         try:
             self._dispatch(method)
@@ -198,59 +75,26 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if path in API_PATHS:
             self._route = "/api/"
-            if method != "POST":
-                raise self._wrong_method("POST")
+            self._check_method(method, ("POST",))
             return self._detect()
         if path in GET_ROUTES:
             self._route = path
-            if method not in ("GET", "HEAD"):
-                raise self._wrong_method("GET, HEAD")
-            return getattr(self, "_get_" + (path.strip("/") or "root"))()
+            self._check_method(method, ("GET", "HEAD"))
+            return self._send_answer(GET_ROUTES[path](self.server.state, self.headers))
         if path.startswith(page.ASSET_PREFIX):
             self._route = page.ASSET_PREFIX  # one metrics label for every asset, known or not
-            if method not in ("GET", "HEAD"):
-                raise self._wrong_method("GET, HEAD")
-            return self._send_asset(page.find_asset(path), path)
+            self._check_method(method, ("GET", "HEAD"))
+            return self._send_answer(get_routes.asset(page.find_asset(path), path))
         raise Refusal(404, f"no such path {path!r}; the API is POST /api/", reason=None)
 
-    def _wrong_method(self, allowed):
-        return Refusal(405, f"{self.command} is not allowed here; use {allowed}", reason=None,
-                       headers={"Allow": allowed})
+    def _check_method(self, method, allowed):
+        if method not in allowed:
+            raise Refusal(405, f"{method} is not allowed here; use {', '.join(allowed)}", reason=None,
+                          headers={"Allow": ", ".join(allowed)})
 
     def _pick_request_id(self):
         sent = self.headers.get("X-Request-ID", "")
         return sent if CLIENT_REQUEST_ID.match(sent) else uuid.uuid4().hex
-
-    # -- GET routes -----------------------------------------------------------------------------
-    def _get_root(self):
-        if page.wants_html(self.headers.get("Accept")):
-            return self._send_asset(page.index(), "/")
-        # Vary: a cache must not hand the page to curl, or this text to a browser.
-        self._send(200, WELCOME_TEXT.encode(), "text/plain; charset=utf-8", headers={"Vary": "Accept"})
-
-    def _send_asset(self, asset, path):
-        if asset is None:
-            raise Refusal(404, f"no such page asset {path!r}", reason=None)
-        self._send(200, asset.body, asset.content_type, headers=asset.headers)
-
-    def _get_healthz(self):
-        state = self.server.state
-        if state.fatal_error:
-            return self._send_json(503, {"status": "failing", "reason": state.fatal_error})
-        self._send_json(200, {"status": "ok"})
-
-    def _get_readyz(self):
-        state = self.server.state
-        ready, reason = state.readiness()
-        body = {"status": "ready" if ready else "not ready", "workers_ready": state.pool.ready_count(),
-                "workers": state.config.workers}
-        if not ready:
-            body["reason"] = reason
-        self._send_json(200 if ready else 503, body)
-
-    def _get_metrics(self):
-        state = self.server.state
-        self._send(200, state.metrics.render(state.gauge_readings()).encode(), METRICS_CONTENT_TYPE)
 
     # -- POST /api/ -------------------------------------------------------------------------------
     def _detect(self):
@@ -265,14 +109,16 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
     def _admit_and_answer(self):
         state = self.server.state
         arrived_s = time.monotonic()
-        admitted = admission.admit(self.headers, urlsplit(self.path).query, state.config, state.draining)
+        query = urlsplit(self.path).query
+        admitted = admission.admit(self.headers, query, state.config, state.draining)
+        output_format = answer_options.output_format(query, self.headers.get("Accept"))
         state.body_budget.reserve(admitted.body_length)  # before a byte of the body is read
         try:
-            self._read_and_answer(admitted, arrived_s)
+            self._read_and_answer(admitted, query, output_format, arrived_s)
         finally:
             state.body_budget.release(admitted.body_length)
 
-    def _read_and_answer(self, admitted, arrived_s):
+    def _read_and_answer(self, admitted, query, output_format, arrived_s):
         state = self.server.state
         config = state.config
         if self.headers.get("Expect", "").lower() == "100-continue" and self.request_version == "HTTP/1.1":
@@ -282,7 +128,8 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
         body = read_body(self.rfile, self.connection, admitted.body_length, config.client_timeout_s)
         self._body_read = True
         pending = PendingRequest(state.next_task_id(), self._request_id, admitted.media_type,
-                                 admitted.query_image_id, body, arrived_s + config.request_timeout_s)
+                                 admitted.query_image_id, body, arrived_s + config.request_timeout_s,
+                                 answer_options.query_options(query), output_format)
         del body  # the pending request holds it until a sender has written it to a worker
         try:
             state.pool.submit(pending)
@@ -297,7 +144,7 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
         self._stage_timing_ms.update(queue=result.queue_wait_s * 1000, inference=result.inference_s * 1000)
         if result.reject_reason:
             state.metrics.reject(result.reject_reason)
-        self._send(result.status, result.body, "application/json")
+        self._send(result.status, result.body, result.content_type, headers=dict(result.headers))
 
     # -- answering --------------------------------------------------------------------------------
     def send_error(self, code, message=None, explain=None):
@@ -322,18 +169,12 @@ class DetectionRequestHandler(BaseHTTPRequestHandler):
         stages.append(f"total;dur={(time.perf_counter() - self._started_s) * 1000:.1f}")
         return ", ".join(stages)
 
-    def _unread_body(self):
-        headers = getattr(self, "headers", None)
-        if self._body_read or headers is None:
-            return False
-        return headers.get("Content-Length", "0").strip() not in ("", "0") or "Transfer-Encoding" in headers
-
-    def _send_json(self, status, payload):
-        self._send(status, json.dumps(payload).encode(), "application/json")
+    def _send_answer(self, answer):
+        self._send(answer.status, answer.body, answer.content_type, headers=answer.headers)
 
     def _send(self, status, body, content_type, headers=None, close=False):
         # A body we did not read would be parsed as the next request: close instead.
-        close = close or self.server.state.draining or self._unread_body()
+        close = close or self.server.state.draining or self.unread_body()
         self._responded = True
         self.send_response(status)
         self.send_header("Content-Type", content_type)

@@ -9,8 +9,9 @@ from .body_budget import BodyBudget
 
 
 class ServerState:
-    def __init__(self, config, pool, metrics):
+    def __init__(self, config, pool, metrics, labels=()):
         self.config = config
+        self.labels = tuple(labels)  # the model's class labels, for GET /api/labels
         self.pool = pool
         self.metrics = metrics
         self.body_budget = BodyBudget(config.max_body_buffer_bytes)

@@ -10,9 +10,10 @@ class PendingRequest:
     """Held by the queue, then by the worker slot it was sent to; waited on by its handler thread."""
 
     __slots__ = ("task_id", "request_id", "media_type", "query_image_id", "body", "enqueued_at_s", "deadline_s",
-                 "_done", "result")
+                 "query_options", "output_format", "_done", "result")
 
-    def __init__(self, task_id, request_id, media_type, query_image_id, body, deadline_s):
+    def __init__(self, task_id, request_id, media_type, query_image_id, body, deadline_s,
+                 query_options=None, output_format="json"):
         self.task_id = task_id
         self.request_id = request_id
         self.media_type = media_type
@@ -20,12 +21,14 @@ class PendingRequest:
         self.body = body  # dropped once it is handed to a worker's sender
         self.enqueued_at_s = time.monotonic()
         self.deadline_s = deadline_s
+        self.query_options = query_options or {}  # raw strings: the worker validates them
+        self.output_format = output_format
         self._done = threading.Event()
         self.result = None
 
     def header(self):
         return TaskHeader(self.task_id, self.request_id, self.media_type, self.query_image_id,
-                          self.enqueued_at_s, self.deadline_s)
+                          self.enqueued_at_s, self.deadline_s, self.query_options, self.output_format)
 
     def resolve(self, result):
         """Answer this request; the first answer wins (a late one from a dead worker is ignored)."""

@@ -46,16 +46,21 @@ class Detector:
         """Run one forward pass so the first request does not pay for buffer allocation."""
         self.detect_batch([np.zeros((INPUT_SIZE_PX, INPUT_SIZE_PX, 3), np.uint8)])
 
-    def detect_batch(self, images, original_sizes_px=None):
+    def detect_batch(self, images, original_sizes_px=None, thresholds=None):
         """Return one list of Detection per BGR image, in order; one forward pass for all.
 
         original_sizes_px: (width, height) per image to give boxes in, when an image was
-        decoded reduced; by default each image's own size.
+        decoded reduced; by default each image's own size. thresholds: (confidence, nms)
+        per image, by default the detector's own; they act after the forward pass only,
+        so an image's answer does not depend on what else is in its batch.
         """
         if original_sizes_px is None:
             original_sizes_px = [(image.shape[1], image.shape[0]) for image in images]
-        if len(original_sizes_px) != len(images):
-            raise ValueError(f"{len(images)} images but {len(original_sizes_px)} original sizes")
+        if thresholds is None:
+            thresholds = [(self.confidence_threshold, self.nms_threshold)] * len(images)
+        if not len(original_sizes_px) == len(thresholds) == len(images):
+            raise ValueError(f"{len(images)} images but {len(original_sizes_px)} original sizes "
+                             f"and {len(thresholds)} thresholds")
         blob = cv2.dnn.blobFromImages(
             images, PIXEL_SCALE, (INPUT_SIZE_PX, INPUT_SIZE_PX), swapRB=True, crop=False)
         self.net.setInput(blob)
@@ -63,21 +68,25 @@ class Detector:
         # A batch of one comes back 2-D (rows, 85); larger batches are 3-D (batch, rows, 85).
         per_layer = [out.reshape(len(images), -1, out.shape[-1]) for out in outputs]
         return [
-            self.postprocess(np.concatenate([layer[i] for layer in per_layer]), size_px)
-            for i, size_px in enumerate(original_sizes_px)
+            self.postprocess(np.concatenate([layer[i] for layer in per_layer]), size_px, *image_thresholds)
+            for i, (size_px, image_thresholds) in enumerate(zip(original_sizes_px, thresholds))
         ]
 
-    def postprocess(self, rows, image_size_px):
+    def postprocess(self, rows, image_size_px, confidence_threshold=None, nms_threshold=None):
         """Rows of (cx, cy, w, h, objectness, class scores...) -> NMS-filtered detections.
 
         The rows' coordinates are fractions of the image, so scaling them by the original
         (width, height) gives boxes in the original's pixels even for a reduced decode.
         """
+        if confidence_threshold is None:
+            confidence_threshold = self.confidence_threshold
+        if nms_threshold is None:
+            nms_threshold = self.nms_threshold
         width, height = image_size_px
         class_scores = rows[:, 5:]
         class_ids = class_scores.argmax(axis=1)
         confidences = class_scores[np.arange(len(rows)), class_ids]
-        keep = confidences > self.confidence_threshold
+        keep = confidences > confidence_threshold
         if not keep.any():
             return []
         rows, class_ids, confidences = rows[keep], class_ids[keep], confidences[keep]
@@ -88,7 +97,7 @@ class Detector:
         top = (centre_y - box_h / 2).astype(int)
         boxes = np.stack([left, top, box_w, box_h], axis=1)
         kept = cv2.dnn.NMSBoxes(boxes.tolist(), confidences.tolist(),
-                                self.confidence_threshold, self.nms_threshold)
+                                confidence_threshold, nms_threshold)
         detections = []
         for i in np.asarray(kept).reshape(-1):
             detections.append(Detection(
@@ -97,6 +106,18 @@ class Detector:
                 bbox=clip_box(boxes[i], width, height),
             ))
         return detections
+
+
+def network_input(image):
+    """The image at the network's input size, exactly as blobFromImages would resize it.
+
+    Resizing once right after decoding lets a worker drop a large decoded image
+    before the batch runs: several images of one request are never all held at
+    full size. blobFromImages then finds the size right and does not resize again.
+    """
+    if image.shape[:2] == (INPUT_SIZE_PX, INPUT_SIZE_PX):
+        return image
+    return cv2.resize(image, (INPUT_SIZE_PX, INPUT_SIZE_PX), interpolation=cv2.INTER_LINEAR)
 
 
 def clip_box(box, width, height):

@@ -4,8 +4,11 @@ Accepted bodies, because real clients send all of them:
 - JSON ``{"id": "...", "image": "<base64>"}``;
 - the same object double-encoded as a JSON string (the original template client);
 - a data-URL prefix on the base64 (``data:image/jpeg;base64,...``);
-- a raw JPEG or PNG body (``Content-Type: image/jpeg`` or ``image/png``).
-Every failure raises a Refusal with a status and a message a user can act on.
+- a raw JPEG or PNG body (``Content-Type: image/jpeg`` or ``image/png``);
+- several images, ``{"images": [{"id": ..., "image": ...}, ...]}`` (MultiImageRequest).
+Option fields (detection_options) travel beside ``id`` and ``image``, unvalidated.
+Every failure raises a Refusal with a status and a message a user can act on;
+in a multi-image body a failure of one entry is that entry's, not the request's.
 """
 
 import base64
@@ -13,18 +16,30 @@ import binascii
 import json
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Tuple, Union
 
 from ..protocol import IMAGE_MEDIA_TYPES, MAX_IMAGE_ID_CHARS, Refusal
+from .detection_options import option_fields
 
 WHITESPACE = re.compile(rb"\s+")
-MAX_JSON_STRUCTURE = 64  # '{', '[' and ',' in a body; a valid one has a handful
+# '{', '[' and ',' allowed per image object: id, image and every option, with "classes"
+# as a list of all 80 labels, take about 90. A body may hold one object per image plus
+# the top level; anything shaped otherwise is refused before json.loads sees it.
+JSON_STRUCTURE_PER_OBJECT = 96
 
 
 @dataclass(frozen=True)
 class ImageRequest:
     image_id: str
     image_bytes: bytes
+    option_fields: dict = field(default_factory=dict)  # this image's own option fields from the JSON
+
+
+@dataclass(frozen=True)
+class MultiImageRequest:
+    entries: Tuple[Union[ImageRequest, Refusal], ...]  # in the body's order; a Refusal for a bad entry
+    option_fields: dict  # the top level's option fields, under each entry's own
 
 
 def check_image_id(image_id):
@@ -36,22 +51,49 @@ def check_image_id(image_id):
     return image_id
 
 
-def parse_body(body, media_type, query_image_id=None):
-    """Return the ImageRequest a body carries, or raise Refusal."""
+def parse_body(body, media_type, query_image_id=None, max_images=1):
+    """Return the ImageRequest or MultiImageRequest a body carries, or raise Refusal."""
     if media_type in IMAGE_MEDIA_TYPES:
         image_id = check_image_id(query_image_id) if query_image_id is not None else str(uuid.uuid4())
         if not body:
             raise Refusal(400, "the request body is empty; send the image bytes", image_id=image_id)
         return ImageRequest(image_id, bytes(body))
-    return _parse_json_body(body)
+    return _parse_json_body(body, max_images)
 
 
-def _parse_json_body(body):
-    payload = _load_json(body)
+def _parse_json_body(body, max_images):
+    max_structure = JSON_STRUCTURE_PER_OBJECT * (1 + max_images)
+    payload = _load_json(body, max_structure)
     if isinstance(payload, str):  # double-encoded: a JSON string holding the object
-        payload = _load_json(payload)
+        payload = _load_json(payload, max_structure)
     if not isinstance(payload, dict):
         raise Refusal(400, 'the JSON body must be an object {"id": ..., "image": ...}')
+    if "images" in payload:
+        return _parse_images(payload, max_images)
+    return _parse_image_object(payload)
+
+
+def _parse_images(payload, max_images):
+    images = payload["images"]
+    if "image" in payload:
+        raise Refusal(400, 'the JSON body has both "image" and "images"; send one image or a list of them')
+    if not isinstance(images, list) or not images:
+        raise Refusal(400, '"images" must be a non-empty list of {"id": ..., "image": ...} objects')
+    if len(images) > max_images:
+        raise Refusal(413, f'"images" has {len(images)} entries, more than the {max_images} allowed '
+                           '(--max-images); split the request')
+    entries = []
+    for entry in images:
+        try:
+            if not isinstance(entry, dict):
+                raise Refusal(400, 'each entry of "images" must be an object {"id": ..., "image": ...}')
+            entries.append(_parse_image_object(entry))
+        except Refusal as refusal:
+            entries.append(refusal)
+    return MultiImageRequest(tuple(entries), option_fields(payload))
+
+
+def _parse_image_object(payload):
     if "id" not in payload:
         raise Refusal(400, 'the JSON body has no "id" field')
     image_id = check_image_id(payload["id"])
@@ -60,21 +102,22 @@ def _parse_json_body(body):
         raise Refusal(400, 'the JSON body has no "image" field (base64 of a JPEG or PNG)', image_id=image_id)
     if not isinstance(image, str):
         raise Refusal(400, f'"image" must be a base64 string, not {type(image).__name__}', image_id=image_id)
-    return ImageRequest(image_id, decode_base64(image, image_id=image_id))
+    return ImageRequest(image_id, decode_base64(image, image_id=image_id), option_fields(payload))
 
 
-def _load_json(text):
+def _load_json(text, max_structure):
     """json.loads of body bytes or of a decoded inner string, refusing any other shape first."""
     # A 20 MB body of `[{},{},...]` costs json.loads half a gigabyte. The documented
-    # body has one object and two fields, and base64 holds none of these characters,
-    # so count them first, in C, and refuse anything shaped otherwise. A double-encoded
+    # bodies have one object per image and a few fields each, and base64 holds none of
+    # these characters, so count them first, in C, and refuse anything shaped otherwise. A double-encoded
     # body is counted again once decoded: escapes such as \u005b hide its structure
     # from the first count.
     marks = (b"{", b"[", b",") if isinstance(text, bytes) else ("{", "[", ",")
     structure = sum(text.count(mark) for mark in marks)
-    if structure > MAX_JSON_STRUCTURE:
-        raise Refusal(400, f'the JSON has {structure:,} objects, arrays or commas; expected '
-                           '{"id": "...", "image": "<base64>"}')
+    if structure > max_structure:
+        raise Refusal(400, f'the JSON has {structure:,} objects, arrays or commas, more than '
+                           f'{max_structure:,}; expected {{"id": "...", "image": "<base64>"}} or '
+                           '{"images": [...]}')
     try:
         return json.loads(text)
     except UnicodeDecodeError:
