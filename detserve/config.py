@@ -80,7 +80,7 @@ HELP = {
     "max_connections": "open client connections (each has a thread); beyond it a new one gets 503 and is closed",
     "max_pixels": "largest image accepted, width x height (413 above it), checked before decoding",
     "max_images": "most images in one multi-image request {\"images\": [...]} (413 above it)",
-    "decode_reduction": "auto: decode a large JPEG at 1/2, 1/4 or 1/8 scale while both sides stay >= 832 px "
+    "decode_reduction": "auto: decode a large JPEG at 1/2, 1/4 or 1/8 scale while both sides stay >= 624 px "
                         "(boxes stay in the original's pixels); off: always decode in full",
     "confidence": "confidence threshold for a detection",
     "nms": "non-maximum suppression IoU threshold",

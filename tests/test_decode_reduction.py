@@ -89,11 +89,12 @@ def phone_photo():
 
 
 def test_the_reduction_keeps_both_sides_above_the_margin():
-    assert jpeg_reduction(4032, 3024) == 2  # 2016x1512; at 1/4 the short side would be 756
-    assert jpeg_reduction(7000, 7000) == 8  # 875x875
+    assert jpeg_reduction(4032, 3024) == 4  # 1008x756; at 1/8 the short side would be 378
+    assert jpeg_reduction(7300, 5470) == 8  # 913x684
+    assert jpeg_reduction(1920, 1080) == 1  # 1080p: at 1/2 the short side would be 540
     assert jpeg_reduction(1600, 1200) == 1
-    assert jpeg_reduction(2 * MIN_REDUCED_SIDE_PX - 1, 5000) == 2  # rounded up: 832
-    assert jpeg_reduction(2 * MIN_REDUCED_SIDE_PX - 2, 5000) == 1  # 831
+    assert jpeg_reduction(2 * MIN_REDUCED_SIDE_PX - 1, 5000) == 2  # rounded up: 624
+    assert jpeg_reduction(2 * MIN_REDUCED_SIDE_PX - 2, 5000) == 1  # 623
     # A transposed and an upright decode would have the same reduced shape: no reduction.
     assert jpeg_reduction(4032, 4031) == 1
     assert jpeg_reduction(4032, 4032) == 4
@@ -101,7 +102,7 @@ def test_the_reduction_keeps_both_sides_above_the_margin():
 
 def test_a_phone_photo_decodes_reduced_and_remembers_its_original_size(phone_photo):
     decoded = decode_image(ImageRequest("phone", phone_photo), MAX_PIXELS, "auto")
-    assert decoded.pixels.shape == (1512, 2016, 3)
+    assert decoded.pixels.shape == (756, 1008, 3)
     assert decoded.original_size_px == PHONE_SIZE_PX
     full = decode_image(ImageRequest("phone", phone_photo), MAX_PIXELS, "off")
     assert full.pixels.shape == (3024, 4032, 3)
@@ -111,6 +112,7 @@ def test_a_phone_photo_decodes_reduced_and_remembers_its_original_size(phone_pho
 def test_below_the_margin_auto_matches_the_reference_exactly(server_auto):
     images = {path.name: path.read_bytes() for path in sample_images()}
     images["camera-1600x1200.jpg"] = upscaled("camera.jpg", (1600, 1200))
+    images["camera-1920x1080.jpg"] = upscaled("camera.jpg", (1920, 1080))  # at 1/2 a side would be 540
     found_any = False
     for name, data in images.items():
         detections = post_jpeg(server_auto, data)
@@ -126,14 +128,14 @@ def test_above_the_margin_boxes_are_in_original_pixels_and_match_a_full_decode(
     assert reduced, "the upscaled camera photo should contain a person"
     assert_inside(reduced, *PHONE_SIZE_PX)
     assert_matches_full_decode(reduced, full)
-    # In the reduced image's pixels the largest box could not reach past 2016x1512.
-    assert max(d["bbox"][0] + d["bbox"][2] for d in reduced) > 2016
+    # In the reduced image's pixels the largest box could not reach past 1008x756.
+    assert max(d["bbox"][0] + d["bbox"][2] for d in reduced) > 1008
 
 
 def test_an_exif_rotated_photo_gets_boxes_in_the_rotated_frame(server_auto, server_off, phone_photo):
     rotated = with_exif_orientation(phone_photo, EXIF_ROTATE_90_CW)
     decoded = decode_image(ImageRequest("rotated", rotated), MAX_PIXELS, "auto")
-    assert decoded.pixels.shape == (2016, 1512, 3)  # OpenCV applied the orientation to the reduced decode
+    assert decoded.pixels.shape == (1008, 756, 3)  # OpenCV applied the orientation to the reduced decode
     assert decoded.original_size_px == (3024, 4032)
     reduced = post_jpeg(server_auto, rotated)
     full = post_jpeg(server_off, rotated)
