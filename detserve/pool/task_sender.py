@@ -42,6 +42,6 @@ class TaskSender:
                 if body is not None:
                     self._conn.send_bytes(body)
         except (OSError, ValueError):
-            pass  # the worker is gone: the collector fails everything it held
+            pass  # the worker is gone: the supervisor fails everything it held
         finally:
             self._conn.close()
