@@ -211,6 +211,21 @@ def test_an_ordinary_12_mp_progressive_jpeg_is_still_served(json_log_server):
     assert status == 200 and payload["id"] == "photo", (status, payload)
 
 
+def test_the_decoding_budget_covers_all_the_images_of_a_request(json_log_server):
+    """Finding 4, the same amplification through a multi-image body: six 12 MP progressive photos
+    (10 scans, 120 million pixel-scans each) fit the budget of 600 million five times; the sixth
+    gets its own 413, and the five before it their detections."""
+    photo = progressive_jpeg(cv2.resize(cv2.imdecode(np.frombuffer(camera_jpeg(), np.uint8), cv2.IMREAD_COLOR),
+                                        (4000, 3000), interpolation=cv2.INTER_CUBIC))
+    body = {"images": [{"id": f"p{i}", "image": b64(photo)} for i in range(6)]}
+    status, _, payload = json_log_server.request("/api/", body, timeout_s=120)
+    assert status == 200, payload
+    results = payload["results"]
+    assert [r["id"] for r in results] == [f"p{i}" for i in range(6)]
+    assert all("detections" in r for r in results[:5]), results
+    assert results[5]["status"] == 413 and "pixel-scans" in results[5]["error"], results[5]
+
+
 # == Finding 5: lenient header parsing ===============================================================
 
 def post_with(*header_lines, body=camera_json()):

@@ -28,7 +28,8 @@ MIN_REDUCED_SIDE_PX = 624
 # measured (a 40 MP photo in OpenCV's 10 scans: 0.3-0.6 s; the same pixels in 100
 # tiny scans, a 240 KB file: 3.2-3.8 s). The budget admits any real photo up to
 # --max-pixels with 15 scans (about half a second) and refuses the rest before
-# decoding, so a small file cannot buy seconds of a worker.
+# decoding, so a small file cannot buy seconds of a worker. One budget covers all
+# the images of a request: sixteen such images in one body would buy eight seconds.
 DECODE_BUDGET_PIXEL_SCANS = 600_000_000
 JPEG_REDUCTIONS = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
                    (2, cv2.IMREAD_REDUCED_COLOR_2))
@@ -38,6 +39,25 @@ JPEG_REDUCTIONS = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR
 class DecodedImage:
     pixels: np.ndarray  # BGR, possibly at 1/2, 1/4 or 1/8 of the original size
     original_size_px: tuple  # (width, height) of the full image, as oriented by the decode
+
+
+class DecodeBudget:
+    """The pixel-scans one request may still spend on decoding, across all of its images."""
+
+    def __init__(self, pixel_scans=DECODE_BUDGET_PIXEL_SCANS):
+        self.remaining = pixel_scans
+
+    def spend(self, header, image_id):
+        """Take this image's cost from the budget, or raise the 413 that says it does not fit."""
+        cost = header.pixels * header.scans
+        if cost > self.remaining:
+            spent = DECODE_BUDGET_PIXEL_SCANS - self.remaining
+            earlier = f" (the request's earlier images spent {spent:,})" if spent else ""
+            raise Refusal(413, f"the image is {header.width}x{header.height} pixels in {header.scans} scans: "
+                               f"{cost:,} pixel-scans to decode, more than the {DECODE_BUDGET_PIXEL_SCANS:,} a "
+                               f"request may spend{earlier}; send a baseline JPEG, fewer pixels or fewer images",
+                          image_id=image_id)
+        self.remaining -= cost
 
 
 def jpeg_reduction(width_px, height_px):
@@ -52,11 +72,12 @@ def jpeg_reduction(width_px, height_px):
     return 1
 
 
-def decode_image(request, max_pixels, decode_reduction="auto"):
+def decode_image(request, max_pixels, decode_reduction="auto", budget=None):
     """Decode the request's bytes to a DecodedImage, refusing bombs before allocating them.
 
     With decode_reduction "auto" a large JPEG decodes reduced (see MIN_REDUCED_SIDE_PX);
     everything else, and everything with "off", decodes in full exactly as OpenCV does.
+    budget: the request's DecodeBudget, shared by its images (a fresh one by default).
     """
     try:
         header = read_header(request.image_bytes)
@@ -66,11 +87,7 @@ def decode_image(request, max_pixels, decode_reduction="auto"):
         raise Refusal(
             413, f"the image is {header.width}x{header.height} pixels, more than the "
                  f"{max_pixels:,}-pixel limit; resize it", image_id=request.image_id)
-    if header.pixels * header.scans > DECODE_BUDGET_PIXEL_SCANS:
-        raise Refusal(
-            413, f"the image is {header.width}x{header.height} pixels in {header.scans} scans: "
-                 f"{header.pixels * header.scans:,} pixel-scans to decode, more than the budget of "
-                 f"{DECODE_BUDGET_PIXEL_SCANS:,}; send a baseline JPEG or fewer pixels", image_id=request.image_id)
+    (budget or DecodeBudget()).spend(header, request.image_id)
     factor = 1
     if decode_reduction == "auto" and header.format == "JPEG":
         factor = jpeg_reduction(header.width, header.height)

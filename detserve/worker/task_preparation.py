@@ -13,7 +13,7 @@ from typing import Any, List, Optional, Tuple, Union
 from ..protocol import Refusal, RejectReason
 from . import detection_options
 from .detector import network_input
-from .image_decoding import decode_image
+from .image_decoding import DecodeBudget, decode_image
 from .request_parsing import MultiImageRequest, parse_body
 
 log = logging.getLogger("detserve.worker")
@@ -70,26 +70,27 @@ class TaskPreparation:
         except Refusal as refusal:
             refusal.image_id = None if several else request.image_id
             raise
+        budget = DecodeBudget()
         if not several:
-            return TaskJob(header, queue_wait_s, [self._prepare_image(header, request, options)], False)
+            return TaskJob(header, queue_wait_s, [self._prepare_image(header, request, options, budget)], False)
         if header.output_format != "json":
             raise Refusal(406, "an annotated image answers one image per request; send one image, "
                                "or ask for JSON (Accept: application/json) to get several answers")
-        entries = [entry if isinstance(entry, Refusal) else self._prepare_image_or_refusal(header, entry, options)
-                   for entry in request.entries]
+        entries = [entry if isinstance(entry, Refusal) else
+                   self._prepare_image_or_refusal(header, entry, options, budget) for entry in request.entries]
         return TaskJob(header, queue_wait_s, entries, True)
 
-    def _prepare_image_or_refusal(self, header, request, options):
+    def _prepare_image_or_refusal(self, header, request, options, budget):
         try:
-            return self._prepare_image(header, request, options)
+            return self._prepare_image(header, request, options, budget)
         except Refusal as refusal:
             return refusal
 
-    def _prepare_image(self, header, request, base_options):
+    def _prepare_image(self, header, request, base_options, budget):
         """The ImageJob of one image, or raise its Refusal; never lets another exception out."""
         try:
             options = detection_options.resolve(base_options, request.option_fields, self.labels)
-            decoded = decode_image(request, self.config.max_pixels, self.config.decode_reduction)
+            decoded = decode_image(request, self.config.max_pixels, self.config.decode_reduction, budget)
             annotated = header.output_format != "json"
             return ImageJob(request.image_id, options, network_input(decoded.pixels), decoded.original_size_px,
                             decoded.pixels if annotated else None)
