@@ -146,3 +146,22 @@ def test_x_detections_is_bounded_and_says_how_many_it_left_out(srv):
     assert int(headers["X-Detections-Truncated"]) == len(full) - len(shown)
     assert shown == [d for d in full if d in shown]  # the answer's order
     assert min(d["confidence"] for d in shown) >= max(d["confidence"] for d in full if d not in shown)
+
+
+def test_a_large_photo_is_drawn_on_its_full_pixels_and_detected_like_its_json_answer(srv):
+    """A 4032x3024 JPEG is detected from a reduced decode; its annotated answer has the photo's
+    own sharpness (never the reduced decode blown up) and the JSON answer's detections."""
+    camera = cv2.imdecode(np.frombuffer(camera_jpeg(), np.uint8), cv2.IMREAD_COLOR)
+    ok, encoded = cv2.imencode(".jpg", cv2.resize(camera, (4032, 3024), interpolation=cv2.INTER_CUBIC),
+                               [cv2.IMWRITE_JPEG_QUALITY, 95])
+    data = encoded.tobytes()
+    image, headers = raw_annotated(srv, data)
+    assert image.shape == (3024, 4032, 3)
+    assert json.loads(headers["X-Detections"]) == json_detections(srv, data)
+    full = cv2.imdecode(encoded, cv2.IMREAD_COLOR).astype(int)
+    blown_up = cv2.resize(cv2.imdecode(encoded, cv2.IMREAD_REDUCED_COLOR_4), (4032, 3024),
+                          interpolation=cv2.INTER_LINEAR).astype(int)
+    corner = (slice(2400, 3000), slice(3400, 4000))  # grass, far from the person boxes
+    to_full = np.abs(image.astype(int)[corner] - full[corner]).mean()
+    to_blown_up = np.abs(image.astype(int)[corner] - blown_up[corner]).mean()
+    assert to_full < to_blown_up, (to_full, to_blown_up)

@@ -12,6 +12,7 @@ from typing import Any, List, Optional, Tuple, Union
 
 from ..protocol import Refusal, RejectReason
 from . import detection_options
+from .annotation import output_size_px
 from .detector import network_input
 from .image_decoding import DecodeBudget, decode_image
 from .request_parsing import MultiImageRequest, parse_body
@@ -86,14 +87,24 @@ class TaskPreparation:
         except Refusal as refusal:
             return refusal
 
+    def _pixels_to_draw_on(self, request, decoded, options):
+        """The picture an annotated answer is drawn on: never upscaled from a reduced decode.
+
+        The detections come from the same decode as a JSON answer's, so both agree;
+        only when that decode is smaller than the answer is the image decoded again.
+        """
+        out_w, out_h = output_size_px(decoded.original_size_px, options.max_side_px)
+        if max(decoded.pixels.shape[:2]) >= max(out_w, out_h):
+            return decoded.pixels
+        return decode_image(request, self.config.max_pixels, "off").pixels
+
     def _prepare_image(self, header, request, base_options, budget):
         """The ImageJob of one image, or raise its Refusal; never lets another exception out."""
         try:
             options = detection_options.resolve(base_options, request.option_fields, self.labels)
             decoded = decode_image(request, self.config.max_pixels, self.config.decode_reduction, budget)
-            annotated = header.output_format != "json"
-            return ImageJob(request.image_id, options, network_input(decoded.pixels), decoded.original_size_px,
-                            decoded.pixels if annotated else None)
+            drawn = self._pixels_to_draw_on(request, decoded, options) if header.output_format != "json" else None
+            return ImageJob(request.image_id, options, network_input(decoded.pixels), decoded.original_size_px, drawn)
         except Refusal as refusal:
             refusal.image_id = request.image_id
             raise
