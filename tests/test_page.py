@@ -524,4 +524,4 @@ def test_an_overloaded_server_is_shown_with_its_retry_after(browser, tight_serve
             thread.join(timeout=60)
         session.close()
     assert "503" in text and "overloaded" in text, text
-    assert "Try again in 1 s." in text, text
+    assert "The server asks to wait 1 s before trying again." in text, text

@@ -164,9 +164,9 @@
   function showHttpError(response, payload, text, name) {
     const title = `${response.status} ${STATUS_TITLES[response.status] || response.statusText || "Error"}`;
     let detail = payload && payload.error ? payload.error : (text || "").slice(0, 300) || "No explanation was given.";
-    detail = `${name}: ${detail}`;
+    detail = asSentence(`${name}: ${detail}`);
     const retryAfter = response.headers.get("Retry-After");
-    if (retryAfter) detail += ` Try again in ${retryAfter} s.`;
+    if (retryAfter) detail += ` The server asks to wait ${retryAfter} s before trying again.`;
     const requestId = response.headers.get("X-Request-ID");
     if (requestId) detail += ` (request id ${requestId})`;
     showError(title, detail, response.status >= 500);
@@ -409,6 +409,11 @@
   function hideMessage() {
     $("message").hidden = true;
     $("message").replaceChildren();
+  }
+
+  // The server's messages have no final stop; what the page adds after one must not run into it.
+  function asSentence(text) {
+    return /[.!?]$/.test(text.trim()) ? text.trim() : `${text.trim()}.`;
   }
 
   function formatBytes(bytes) {
