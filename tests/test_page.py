@@ -6,6 +6,7 @@ test-artifacts/page/. Without Chromium or Playwright they are skipped with a
 reason that says how to enable them; the HTTP tests above them always run.
 """
 
+import collections
 import http.client
 import os
 import signal
@@ -434,6 +435,10 @@ def test_lowering_the_slider_shows_the_weaker_detections_the_server_sent(server,
     session.tab.click(f"button[data-sample='{sample}']")
     session.wait_for_rows()
     at_start = shown_detections(session)
+    counts_at_start = session.class_counts()
+    hidden_classes = [label for label, count in counts_at_start.items() if count == 0]
+    for label in hidden_classes:
+        assert session.tab.inner_text(f'#classes label[data-label="{label}"]').strip() == f"{label} (none above 0.30)"
     requests_before = len([r for r in session.requests if urlsplit(r.url).path == "/api/"])
     session.tab.fill("#threshold", "0.05")
     at_lowest = shown_detections(session)
@@ -449,6 +454,10 @@ def test_lowering_the_slider_shows_the_weaker_detections_the_server_sent(server,
         "the camera sample must hold a detection under 0.3 for this test to mean anything"
     assert sorted((label, round(confidence, 6), bbox) for label, confidence, bbox in at_lowest) == sorted(low_answer)
     assert session.drawn_count() == len(at_lowest)
+    # Every class of the answer is listed from the start, counted at the slider's value.
+    assert counts_at_start == {label: sum(1 for shown in at_start if shown[0] == label)
+                               for label, _, _ in at_lowest}
+    assert session.class_counts() == collections.Counter(label for label, _, _ in at_lowest)
 
 
 def http_get_bytes(server, path):

@@ -257,8 +257,12 @@
       const label = wrapper.dataset.label;
       wrapper.querySelector("input").checked = !state.hiddenClasses.has(label);
       wrapper.querySelector(".swatch").style.background = state.colours.get(label);
-      wrapper.querySelector(".class-name").textContent = `${label} (${counts.get(label) || 0})`;
-      wrapper.dataset.count = String(counts.get(label) || 0);
+      const count = counts.get(label) || 0;
+      // "car (0)" beside a checked box read as a bug: say why nothing of that class is drawn.
+      wrapper.querySelector(".class-name").textContent =
+        count ? `${label} (${count})` : `${label} (none above ${minimum.toFixed(2)})`;
+      wrapper.classList.toggle("below-threshold", count === 0);
+      wrapper.dataset.count = String(count);
     }
   }
 
