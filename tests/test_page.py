@@ -6,8 +6,13 @@ test-artifacts/page/. Without Chromium or Playwright they are skipped with a
 reason that says how to enable them; the HTTP tests above them always run.
 """
 
+import collections
 import http.client
+import os
+import signal
 import struct
+import threading
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -16,7 +21,7 @@ import pytest
 import cv2
 import numpy as np
 
-from support import INPUT_FOLDER, REPO_ROOT, ServerProcess
+from support import INPUT_FOLDER, REPO_ROOT, ServerProcess, b64, metric_value
 from detserve.front import page as page_assets
 from detserve.front.get_routes import WELCOME_TEXT
 
@@ -398,3 +403,134 @@ def test_keyboard_reaches_the_controls_in_order_and_every_control_has_a_name(ses
         .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())
         .map(e => e.outerHTML)""")
     assert not unnamed, unnamed
+
+
+def test_a_pasted_image_is_detected_like_an_uploaded_one(server, session):
+    data = CAMERA.read_bytes()
+    session.tab.evaluate("""(encoded) => {
+        const bytes = Uint8Array.from(atob(encoded), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], 'clipboard.jpg', {type: 'image/jpeg'}));
+        document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: transfer, bubbles: true}));
+    }""", b64(data))
+    rows = session.wait_for_rows()
+    expected = api_detections(server, CAMERA)
+    assert as_multiset(rows) == as_multiset((d["label"], d["confidence"]) for d in expected)
+    assert session.tab.inner_text("#caption").startswith("pasted image:")
+    session.screenshot("pasted")
+
+
+def shown_detections(session):
+    """Every row of the table as (label, confidence, bbox), read from what the page shows."""
+    return session.tab.eval_on_selector_all(
+        "#detections tbody tr[data-label]",
+        "rows => rows.map(r => [r.dataset.label, Number(r.dataset.confidence),"
+        " r.cells[2].textContent.split(', ').map(Number)])")
+
+
+def test_lowering_the_slider_shows_the_weaker_detections_the_server_sent(server, session):
+    # The page asks once at confidence=0.05; the camera sample holds a detection under the
+    # slider's starting 0.30, hidden until the slider comes down, with no new request.
+    sample = "/page/samples/camera.jpg"
+    session.tab.click(f"button[data-sample='{sample}']")
+    session.wait_for_rows()
+    at_start = shown_detections(session)
+    counts_at_start = session.class_counts()
+    hidden_classes = [label for label, count in counts_at_start.items() if count == 0]
+    for label in hidden_classes:
+        assert session.tab.inner_text(f'#classes label[data-label="{label}"]').strip() == f"{label} (none above 0.30)"
+    requests_before = len([r for r in session.requests if urlsplit(r.url).path == "/api/"])
+    session.tab.fill("#threshold", "0.05")
+    at_lowest = shown_detections(session)
+    session.screenshot("slider-lowest")
+    assert len([r for r in session.requests if urlsplit(r.url).path == "/api/"]) == requests_before
+    _, _, sample_bytes = http_get_bytes(server, sample)
+    status, _, payload = server.request("/api/?id=low&confidence=0.05", body=sample_bytes, method="POST",
+                                        headers={"Content-Type": "image/jpeg"})
+    assert status == 200, payload
+    low_answer = [(d["label"], round(d["confidence"], 6), d["bbox"]) for d in payload["detections"]]
+    assert len(at_lowest) >= len(at_start)
+    assert any(confidence < 0.3 for _, confidence, _ in at_lowest), \
+        "the camera sample must hold a detection under 0.3 for this test to mean anything"
+    assert sorted((label, round(confidence, 6), bbox) for label, confidence, bbox in at_lowest) == sorted(low_answer)
+    assert session.drawn_count() == len(at_lowest)
+    # Every class of the answer is listed from the start, counted at the slider's value.
+    assert counts_at_start == {label: sum(1 for shown in at_start if shown[0] == label)
+                               for label, _, _ in at_lowest}
+    assert session.class_counts() == collections.Counter(label for label, _, _ in at_lowest)
+
+
+def http_get_bytes(server, path):
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.headers, response.read()
+    finally:
+        connection.close()
+
+
+# -- refusals the page must put in words, from a server with tight limits ----------------------
+
+@pytest.fixture(scope="module")
+def tight_server():
+    """One worker, room for one waiting request, bodies up to 1 MB: easy to overload and to overfill."""
+    with ServerProcess("--workers", "1", "--queue-size", "1", "--max-batch", "1", "--max-body-mb", "1") as srv:
+        yield srv
+
+
+def test_an_image_over_the_body_limit_is_refused_in_words(browser, tight_server):
+    # Noise keeps the JPEG big: the body is past the 1 MB limit and past the 1 MB the server
+    # drains before it closes, so the answer must survive a connection closed with input unread.
+    camera = cv2.resize(cv2.imread(str(CAMERA)), (3000, 3000), interpolation=cv2.INTER_CUBIC)
+    noise = np.random.default_rng(seed=12).integers(0, 16, camera.shape, dtype=np.uint8)
+    ok, encoded = cv2.imencode(".jpg", cv2.add(camera, noise), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok and len(encoded) > 2 * (1 << 20), f"{len(encoded)} bytes: not past the limit and the drain"
+    session = PageSession(browser, tight_server.url)
+    try:
+        session.tab.set_input_files("#file", files=[{"name": "huge.jpg", "mimeType": "image/jpeg",
+                                                     "buffer": encoded.tobytes()}])
+        text = session.message()
+        session.screenshot("error-too-large")
+        assert "413 Too large" in text, text
+        assert f"huge.jpg: the body is {len(encoded):,} bytes, more than the 1,048,576-byte limit" in text, text
+        assert session.tab.is_hidden("#figure")
+    finally:
+        session.close()
+
+
+def wait_until(condition, what, timeout_s=20):
+    deadline_s = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline_s, f"not within {timeout_s} s: {what}"
+        time.sleep(0.05)
+
+
+def test_an_overloaded_server_is_shown_with_its_retry_after(browser, tight_server):
+    """The one worker stopped holds two requests (its credit), a third fills the queue of one:
+    the page's request waits its second for room, then gets 503 with Retry-After."""
+    session = PageSession(browser, tight_server.url)
+    (worker_pid,) = tight_server.worker_pids()
+    background = []
+    os.kill(worker_pid, signal.SIGSTOP)
+    try:
+        for number in range(3):
+            thread = threading.Thread(target=tight_server.request, daemon=True, args=(
+                f"/api/?id=filler-{number}",), kwargs={
+                "body": CAMERA.read_bytes(), "method": "POST", "headers": {"Content-Type": "image/jpeg"}})
+            thread.start()
+            background.append(thread)
+        wait_until(lambda: metric_value(tight_server, "detserve_queue_depth") == 1
+                   and metric_value(tight_server, "detserve_in_flight_requests") == 3,
+                   "two requests held by the stopped worker and one in the queue")
+        session.tab.set_input_files("#file", str(CAMERA))
+        text = session.message()
+        session.screenshot("error-overloaded")
+        assert session.tab.is_hidden("#figure")
+    finally:
+        os.kill(worker_pid, signal.SIGCONT)
+        for thread in background:
+            thread.join(timeout=60)
+        session.close()
+    assert "503" in text and "overloaded" in text, text
+    assert "The server asks to wait 1 s before trying again." in text, text

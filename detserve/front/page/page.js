@@ -164,9 +164,9 @@
   function showHttpError(response, payload, text, name) {
     const title = `${response.status} ${STATUS_TITLES[response.status] || response.statusText || "Error"}`;
     let detail = payload && payload.error ? payload.error : (text || "").slice(0, 300) || "No explanation was given.";
-    detail = `${name}: ${detail}`;
+    detail = asSentence(`${name}: ${detail}`);
     const retryAfter = response.headers.get("Retry-After");
-    if (retryAfter) detail += ` Try again in ${retryAfter} s.`;
+    if (retryAfter) detail += ` The server asks to wait ${retryAfter} s before trying again.`;
     const requestId = response.headers.get("X-Request-ID");
     if (requestId) detail += ` (request id ${requestId})`;
     showError(title, detail, response.status >= 500);
@@ -257,8 +257,12 @@
       const label = wrapper.dataset.label;
       wrapper.querySelector("input").checked = !state.hiddenClasses.has(label);
       wrapper.querySelector(".swatch").style.background = state.colours.get(label);
-      wrapper.querySelector(".class-name").textContent = `${label} (${counts.get(label) || 0})`;
-      wrapper.dataset.count = String(counts.get(label) || 0);
+      const count = counts.get(label) || 0;
+      // "car (0)" beside a checked box read as a bug: say why nothing of that class is drawn.
+      wrapper.querySelector(".class-name").textContent =
+        count ? `${label} (${count})` : `${label} (none above ${minimum.toFixed(2)})`;
+      wrapper.classList.toggle("below-threshold", count === 0);
+      wrapper.dataset.count = String(count);
     }
   }
 
@@ -409,6 +413,11 @@
   function hideMessage() {
     $("message").hidden = true;
     $("message").replaceChildren();
+  }
+
+  // The server's messages have no final stop; what the page adds after one must not run into it.
+  function asSentence(text) {
+    return /[.!?]$/.test(text.trim()) ? text.trim() : `${text.trim()}.`;
   }
 
   function formatBytes(bytes) {
