@@ -70,7 +70,7 @@ HELP = {
     "workers": "worker processes, each with its own model (~340 MB resident each)",
     "max_batch": "most requests one worker runs in one forward pass",
     "max_wait_ms": "how long a worker waits for more requests to fill a batch (0: take only what is queued)",
-    "queue_size": "requests waiting for a worker before new ones are refused with 503",
+    "queue_size": "requests waiting for a worker; one that finds it full waits up to 1 s for room, then gets 503",
     "request_timeout_s": "deadline of a request, from arrival; past it the client gets 504",
     "drain_timeout_s": "on SIGTERM/SIGINT, how long accepted requests may take to finish",
     "client_timeout_s": "idle or slow client connections are closed after this",
