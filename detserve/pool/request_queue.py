@@ -30,7 +30,7 @@ class RequestQueue:
     def put(self, pending):
         """Append pending, or raise the overload Refusal when the queue is full."""
         if self.is_full():
-            raise overloaded(f"the queue is full (--queue-size {self.max_requests}) and stayed full for a second")
+            raise overloaded(f"the queue is full (--queue-size {self.max_requests})")
         self._items.append(pending)
 
     def pop(self):
