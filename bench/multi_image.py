@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .server_process import ServerUnderTest
+from .server_process import ServerProcess
 
 
 def load_images(folder, count):
@@ -78,8 +78,8 @@ def main(argv=None):
     if args.url:
         rows = measure(args.url, images, args.rounds)
     else:
-        with ServerUnderTest(args.workers, []) as server:
-            rows = measure(server.url, images, args.rounds)
+        with ServerProcess("--workers", str(args.workers)) as server:
+            rows = measure(server.api_url, images, args.rounds)
     print(f"N = {len(images)} images, 1 client, median of {args.rounds} rounds")
     print(f"{'':24}{'img/s':>8}{'round ms':>10}{'latency ms':>12}")
     for name, (images_per_s, total_ms, latency_ms) in rows.items():
