@@ -30,7 +30,3 @@ class BodyBudget:
     def release(self, length):
         with self._lock:
             self._reserved_bytes -= length
-
-    @property
-    def reserved_bytes(self):
-        return self._reserved_bytes

@@ -73,9 +73,9 @@ class WorkerPool:
             live = [(slot, slot.process, bool(slot.outstanding)) for slot in self._slots if slot.process is not None]
         for pending in leftovers:
             pending.fail(shutting_down())
-        for slot, _, busy in live:
+        for slot, process, busy in live:
             if busy:
-                slot.kill()  # the drain already gave it its time
+                process.kill()  # the drain already gave it its time
             else:
                 slot.send_stop()
         deadline_s = time.monotonic() + WORKER_STOP_TIMEOUT_S
@@ -95,9 +95,8 @@ class WorkerPool:
 
     def kill_workers(self):
         """SIGKILL every worker now: for a forced exit, which waits for nothing."""
-        for slot in list(self._slots):
-            if slot.process is not None:
-                slot.kill()
+        for slot in self._slots:
+            slot.kill()
 
     def _spawn(self, slot):
         with self._changed:

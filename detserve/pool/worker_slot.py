@@ -77,8 +77,11 @@ class WorkerSlot:
         return self.state in (SlotState.READY, SlotState.STUCK)
 
     def kill(self):
+        process = self.process  # the supervisor may reap it meanwhile
+        if process is None:
+            return
         try:
-            os.kill(self.process.pid, signal.SIGKILL)
+            os.kill(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
 
