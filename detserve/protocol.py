@@ -89,6 +89,18 @@ def shutting_down():
     return Refusal(503, "the server is shutting down; retry", RejectReason.DRAINING, headers=retry_headers())
 
 
+def overloaded(why, close=False):
+    """503 with Retry-After: the server has no room for this request now; why says which bound."""
+    return Refusal(503, f"overloaded: {why}; retry after {RETRY_AFTER_S} s", RejectReason.OVERLOAD,
+                   headers=retry_headers(), close=close)
+
+
+def internal_error(request_id, image_id=None, close=False):
+    """500 for a bug of ours, naming the request id its log line carries."""
+    return Refusal(500, f"internal server error; see the server log for request id {request_id}",
+                   RejectReason.INTERNAL_ERROR, image_id=image_id, close=close)
+
+
 def past_deadline():
     return Refusal(504, "the request waited past its deadline", RejectReason.DEADLINE)
 

@@ -7,7 +7,7 @@ upload at once, the front end's body memory stays under --max-body-buffer-mb.
 
 import threading
 
-from ..protocol import RejectReason, Refusal, retry_headers
+from ..protocol import overloaded
 
 
 class BodyBudget:
@@ -20,11 +20,8 @@ class BodyBudget:
         """Reserve length bytes, or raise the 503 Refusal that says the budget is spent."""
         with self._lock:
             if self._reserved_bytes + length > self.max_bytes:
-                held_mb = self._reserved_bytes / 2**20
-                raise Refusal(503, f"overloaded: {held_mb:.0f} MB of request bodies are being read or waiting "
-                                   f"(--max-body-buffer-mb {self.max_bytes / 2**20:g}); retry after "
-                                   f"{retry_headers()['Retry-After']} s", RejectReason.OVERLOAD,
-                              headers=retry_headers(), close=True)
+                raise overloaded(f"{self._reserved_bytes / 2**20:.0f} MB of request bodies are being read or "
+                                 f"waiting (--max-body-buffer-mb {self.max_bytes / 2**20:g})", close=True)
             self._reserved_bytes += length
 
     def release(self, length):

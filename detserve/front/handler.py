@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from .. import __version__
 from ..logs import log_access
 from ..pool.pending import PendingRequest
-from ..protocol import RejectReason, Refusal
+from ..protocol import RejectReason, Refusal, internal_error
 from . import admission, answer_options, get_routes, page
 from .body_reader import read_body
 from .get_routes import GET_ROUTES
@@ -68,8 +68,7 @@ class DetectionRequestHandler(StrictRequestHandler):
         except Exception:  # a bug of ours: log it, answer in JSON, never show a stack trace
             log.exception("unexpected error handling %s %s (request id %s)", method, self.path, self._request_id)
             if not self._responded:
-                self._refuse(Refusal(500, "internal server error; see the server log for request id "
-                                          f"{self._request_id}", RejectReason.INTERNAL_ERROR, close=True))
+                self._refuse(internal_error(self._request_id, close=True))
 
     def _dispatch(self, method):
         path = urlsplit(self.path).path

@@ -18,7 +18,7 @@ from http.server import ThreadingHTTPServer
 
 from .. import __version__
 from ..logs import log_access
-from ..protocol import RejectReason, error_body, retry_headers
+from ..protocol import overloaded
 from .handler import DetectionRequestHandler
 
 log = logging.getLogger("detserve.http")
@@ -27,7 +27,6 @@ log = logging.getLogger("detserve.http")
 # socket stays readable, so without a pause the accept loop would spin at 100% CPU.
 RESOURCE_ERRNOS = frozenset([errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM])
 ACCEPT_BACKOFF_S = (0.05, 1.0)  # first and longest pause after such a failure
-OVER_CAPACITY_MESSAGE = "overloaded: too many open connections (--max-connections); retry after {} s"
 
 
 class DetectionHTTPServer(ThreadingHTTPServer):
@@ -86,13 +85,13 @@ class DetectionHTTPServer(ThreadingHTTPServer):
 
     def _refuse_connection(self, request, client_address):
         """Answer 503 from this thread, without reading the request: cheap and bounded."""
-        retry_after_s = retry_headers()["Retry-After"]
-        message = OVER_CAPACITY_MESSAGE.format(retry_after_s)
-        body = error_body(message)
+        refusal = overloaded("too many open connections (--max-connections)", close=True)
+        body = refusal.body()
         request_id = uuid.uuid4().hex
         head = (f"HTTP/1.1 503 Service Unavailable\r\nServer: detserve/{__version__}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                f"Retry-After: {retry_after_s}\r\nX-Request-ID: {request_id}\r\nConnection: close\r\n\r\n")
+                + "".join(f"{name}: {value}\r\n" for name, value in refusal.headers.items())
+                + f"X-Request-ID: {request_id}\r\nConnection: close\r\n\r\n")
         try:
             request.setblocking(False)  # a full send buffer must not stall the accept loop
             request.send(head.encode() + body)
@@ -102,10 +101,10 @@ class DetectionHTTPServer(ThreadingHTTPServer):
         except OSError:
             pass
         self.shutdown_request(request)
-        self.state.metrics.reject(RejectReason.OVERLOAD)
+        self.state.metrics.reject(refusal.reason)
         self.state.metrics.requests.inc("other", "503")
         log_access(remote=client_address[0], method="-", path="-", status=503, bytes=len(body), duration_ms=0.0,
-                   request_id=request_id, image_id=None, batch_size=None, error=message)
+                   request_id=request_id, image_id=None, batch_size=None, error=refusal.message)
 
     def handle_error(self, request, client_address):
         # A client that resets its connection is routine: one log line, not a traceback

@@ -6,12 +6,7 @@ Its bytes are bounded before it, by the front end's body budget
 
 from collections import deque
 
-from ..protocol import RejectReason, Refusal, retry_headers
-
-
-def overloaded(why):
-    return Refusal(503, f"overloaded: {why}; retry after {retry_headers()['Retry-After']} s",
-                   RejectReason.OVERLOAD, headers=retry_headers())
+from ..protocol import overloaded
 
 
 class RequestQueue:

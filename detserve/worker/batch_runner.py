@@ -13,8 +13,8 @@ import time
 import cv2
 
 from . import answers, cpu_budget
-from ..protocol import RejectReason, Refusal, Result, past_deadline
-from .task_preparation import TaskPreparation, internal_error, out_of_memory
+from ..protocol import RejectReason, Refusal, Result, internal_error, past_deadline
+from .task_preparation import TaskPreparation, out_of_memory
 
 log = logging.getLogger("detserve.worker")
 

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, List, Optional, Tuple, Union
 
-from ..protocol import Refusal, RejectReason
+from ..protocol import Refusal, internal_error
 from . import detection_options
 from .annotation import output_size_px
 from .detector import network_input
@@ -23,11 +23,6 @@ log = logging.getLogger("detserve.worker")
 def out_of_memory(image_id=None):
     return Refusal(413, "the request needs more memory than this worker has; send a smaller image",
                    image_id=image_id)
-
-
-def internal_error(request_id, image_id=None):
-    return Refusal(500, f"internal server error; see the server log for request id {request_id}",
-                   RejectReason.INTERNAL_ERROR, image_id=image_id)
 
 
 @dataclass
