@@ -60,10 +60,15 @@ class DecodeBudget:
         self.remaining -= cost
 
 
+def reduced_size_px(width_px, height_px, factor):
+    """(width, height) libjpeg decodes at 1/factor scale: it rounds up."""
+    return -(-width_px // factor), -(-height_px // factor)
+
+
 def jpeg_reduction(width_px, height_px):
     """The largest libjpeg scale factor (8, 4, 2) that keeps both sides >= the margin, or 1."""
     for factor, _ in JPEG_REDUCTIONS:
-        reduced_w, reduced_h = -(-width_px // factor), -(-height_px // factor)  # libjpeg rounds up
+        reduced_w, reduced_h = reduced_size_px(width_px, height_px, factor)
         # OpenCV applies EXIF orientation, so the decode may come back transposed; the
         # original size is then told by the reduced shape, which must differ when transposed.
         tells_orientation = width_px == height_px or reduced_w != reduced_h
@@ -107,6 +112,6 @@ def _original_size_px(header, image, factor):
     decoded_h, decoded_w = image.shape[:2]
     if factor == 1:
         return decoded_w, decoded_h
-    if (decoded_w, decoded_h) == (-(-header.width // factor), -(-header.height // factor)):
+    if (decoded_w, decoded_h) == reduced_size_px(header.width, header.height, factor):
         return header.width, header.height
     return header.height, header.width
