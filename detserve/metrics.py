@@ -9,7 +9,7 @@ import math
 import threading
 from dataclasses import dataclass
 
-from .protocol import RejectReason
+from .refusals import RejectReason
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

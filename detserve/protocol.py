@@ -1,4 +1,4 @@
-"""What crosses the process boundary, and the closed sets every process shares.
+"""What crosses the process boundary between the front end and a worker, and how the server exits.
 
 Front end -> worker, on the worker's own task pipe: a TaskHeader as JSON
 bytes, then the raw request body, both with ``send_bytes``. Nothing a client
@@ -11,20 +11,23 @@ per batch.
 
 Two ids, two names: ``task_id`` is the front end's integer that matches a
 Result to its waiting request on the pipes; ``request_id`` is the client's
-``X-Request-ID`` (or one made for it), which only the front end sees.
+``X-Request-ID`` (or one made for it), which travels only for the worker's log
+lines. The refusals both sides give live in ``refusals``; the busy flags the
+workers share, in ``busy_flags``.
 """
 
 import enum
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Optional, Tuple
+
+from .refusals import RejectReason
 
 STOP = None
 STOP_MESSAGE = b"STOP"
 JSON_MEDIA_TYPE = "application/json"
 IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png")
 MAX_IMAGE_ID_CHARS = 256
-RETRY_AFTER_S = 1
 # The per-request options a client may send, as query parameters or JSON fields;
 # the front end passes the query's raw strings on, the worker validates both.
 DETECTION_OPTION_NAMES = ("confidence", "nms", "classes", "max_detections", "max_side")
@@ -41,101 +44,32 @@ class ExitCode(enum.IntEnum):
     FORCED = 130
 
 
-class RejectReason(enum.Enum):
-    """Why a detection request was not answered with detections: a metric label each."""
-
-    OVERLOAD = "overload"
-    DEADLINE = "deadline"
-    BAD_INPUT = "bad_input"
-    DRAINING = "draining"
-    WORKER_DIED = "worker_died"
-    WORKER_STUCK = "worker_stuck"
-    UNAUTHORIZED = "unauthorized"
-    INFERENCE_ERROR = "inference_error"
-    INTERNAL_ERROR = "internal_error"
-
-
-class Refusal(Exception):
-    """A request answered with an error: raised where the check is, answered in one place.
-
-    ``close`` asks the front end to close the connection after the answer
-    (when the body was not read, or the client should not try again on it).
-    """
-
-    def __init__(self, status, message, reason=RejectReason.BAD_INPUT, image_id=None, headers=None, close=False):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.reason = reason
-        self.image_id = image_id
-        self.headers = headers or {}
-        self.close = close
-
-    def body(self):
-        return error_body(self.message, self.image_id)
-
-
-def error_body(message, image_id=None):
-    """The JSON body of every error answer: a reason a user can act on, and the id if known."""
-    return json.dumps({"error": message, "id": image_id}).encode()
-
-
-def retry_headers():
-    return {"Retry-After": str(RETRY_AFTER_S)}
-
-
-# The refusals that more than one process or module gives, worded once.
-def shutting_down():
-    return Refusal(503, "the server is shutting down; retry", RejectReason.DRAINING, headers=retry_headers())
-
-
-def overloaded(why, close=False):
-    """503 with Retry-After: the server has no room for this request now; why says which bound."""
-    return Refusal(503, f"overloaded: {why}; retry after {RETRY_AFTER_S} s", RejectReason.OVERLOAD,
-                   headers=retry_headers(), close=close)
-
-
-def internal_error(request_id, image_id=None, close=False):
-    """500 for a bug of ours, naming the request id its log line carries."""
-    return Refusal(500, f"internal server error; see the server log for request id {request_id}",
-                   RejectReason.INTERNAL_ERROR, image_id=image_id, close=close)
-
-
-def past_deadline():
-    return Refusal(504, "the request waited past its deadline", RejectReason.DEADLINE)
-
-
-def worker_died():
-    return Refusal(503, "the worker processing this request died; retry", RejectReason.WORKER_DIED)
-
-
-def worker_hung():
-    return Refusal(504, "the worker processing this request hung and was replaced", RejectReason.WORKER_STUCK)
-
-
 @dataclass(frozen=True)
 class TaskHeader:
+    """What the worker needs to know of one request besides its body; sent as JSON, by field name."""
+
     task_id: int
     request_id: str  # the client's X-Request-ID, for the worker's log lines
-    media_type: str
+    media_type: str  # the body's Content-Type without parameters
     query_image_id: Optional[str]
     enqueued_at_s: float  # time.monotonic(), which every process on the host shares
-    deadline_s: float
+    deadline_at_s: float  # the same clock: past it nobody waits for the answer
     query_options: dict = field(default_factory=dict)  # {DETECTION_OPTION_NAMES: raw query string}
     output_format: str = "json"  # a key of OUTPUT_MEDIA_TYPES
+    wire_format: str = "native"  # which of worker.formats parses the body and builds the answer
+    model: Optional[str] = None  # the model to run; None: the server's default
+    format_fields: dict = field(default_factory=dict)  # what the front end read for the format (str -> str)
 
 
 def encode_task_header(header):
-    return json.dumps([header.task_id, header.request_id, header.media_type, header.query_image_id,
-                       header.enqueued_at_s, header.deadline_s, header.query_options,
-                       header.output_format]).encode()
+    return json.dumps(asdict(header)).encode()
 
 
 def decode_task_header(data):
     """The TaskHeader in data, or STOP."""
     if data == STOP_MESSAGE:
         return STOP
-    return TaskHeader(*json.loads(data))
+    return TaskHeader(**json.loads(data))
 
 
 @dataclass(frozen=True)
@@ -145,7 +79,7 @@ class Result:
     body: bytes
     image_id: Optional[str] = None
     error: Optional[str] = None
-    reject_reason: Optional[RejectReason] = None
+    reject_reason: Optional[RejectReason] = None  # set exactly when error is
     queue_wait_s: float = 0.0
     inference_s: float = 0.0
     batch_size: int = 0
@@ -155,11 +89,14 @@ class Result:
     images_run: int = 1  # images of this request that went through the model (several for a multi-image one)
 
     @classmethod
-    def failure(cls, task_id, refusal, image_id=None, **timings):
-        """The Result of a task that was refused: the one place a failure answer is built."""
-        image_id = refusal.image_id if refusal.image_id is not None else image_id
-        return cls(task_id, refusal.status, error_body(refusal.message, image_id), image_id=image_id,
-                   error=refusal.message, reject_reason=refusal.reason, **timings)
+    def failure(cls, task_id, refusal, **timings):
+        """The Result of a task that was refused: the one place a failure Result is built.
+
+        It carries the refusal, not an error body: the front end words the body in
+        the wire format the request came in.
+        """
+        return cls(task_id, refusal.status, b"", image_id=refusal.image_id, error=refusal.message,
+                   reject_reason=refusal.reason, headers=tuple(refusal.headers.items()), **timings)
 
 
 @dataclass(frozen=True)
@@ -173,24 +110,3 @@ class WorkerReady:
 class WorkerBootFailed:
     worker_index: int
     reason: str
-
-
-class BusyFlags:
-    """Which workers are busy right now, shared by every worker process.
-
-    A worker sets its flag from a batch's start until its pipe is empty; each
-    worker reads the count to choose its OpenCV threads; the pool clears the
-    flag of a worker that died.
-    """
-
-    def __init__(self, mp_context, workers):
-        self._flags = mp_context.RawArray("b", workers)
-
-    def mark_busy(self, worker_index):
-        self._flags[worker_index] = 1
-
-    def mark_idle(self, worker_index):
-        self._flags[worker_index] = 0
-
-    def busy_count(self):
-        return sum(self._flags)

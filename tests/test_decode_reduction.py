@@ -13,7 +13,7 @@ import pytest
 
 from support import INPUT_FOLDER, ServerProcess, sample_images
 from detserve.worker.image_decoding import MIN_REDUCED_SIDE_PX, decode_image, jpeg_reduction
-from detserve.worker.request_parsing import ImageRequest
+from detserve.worker.parsed_request import ImageRequest
 from reference import assert_same_detections, reference_detections
 
 PHONE_SIZE_PX = (4032, 3024)  # a 12 MP phone photo, landscape

@@ -13,7 +13,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from support import ServerProcess, camera_jpeg, metric_value
-from detserve.front import handler, page
+from detserve.front import formats, handler, page
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 # Per operation: enough to reach every documented form and option, bounded so the
@@ -46,7 +46,7 @@ def handler_routes():
     Every GET route also answers HEAD (HTTP's rule), which the document says once in
     its description rather than as an operation per path.
     """
-    routes = {(handler.API_PATHS[0], "post")}
+    routes = {(path, "post") for wire_format in formats.FORMATS for path in wire_format.OPENAPI_PATHS}
     routes |= {(path, "get") for path in handler.GET_ROUTES}
     routes.add((page.ASSET_PREFIX + "{asset}", "get"))
     return routes

@@ -24,6 +24,7 @@ import numpy as np
 from support import INPUT_FOLDER, REPO_ROOT, ServerProcess, b64, metric_value
 from detserve.front import page as page_assets
 from detserve.front.get_routes import WELCOME_TEXT
+from detserve.front.request_options import wants_html
 
 try:
     from playwright.sync_api import sync_playwright
@@ -57,7 +58,7 @@ WAIT_MS = 30_000
     ("text/htmlx, */*", False),
 ])
 def test_wants_html_only_when_accept_names_html(accept, html):
-    assert page_assets.wants_html(accept) is html
+    assert wants_html(accept) is html
 
 
 def test_root_is_the_page_for_browsers_and_the_welcome_text_for_everyone_else(server):

@@ -16,7 +16,8 @@ from detserve.config import Config
 from detserve.metrics import ServerMetrics
 from detserve.pool.pending import PendingRequest
 from detserve.pool.worker_pool import WorkerPool
-from detserve.protocol import RejectReason, Refusal
+from detserve.protocol import TaskHeader
+from detserve.refusals import RejectReason, Refusal
 from standin_worker import BOOT_CONTROL_ENV, BOOT_FAILURE_REASON, BOOT_LOG_ENV, standin_worker
 
 # Bounds on waiting for something that should happen, never asserted as durations:
@@ -68,8 +69,11 @@ _task_ids = iter(range(1, 1_000_000))
 
 def submit(pool, body, image_id=None):
     task_id = next(_task_ids)
-    pending = PendingRequest(task_id, f"request-{task_id}", "application/json", image_id or body.decode(), body,
-                             time.monotonic() + REQUEST_DEADLINE_S)
+    now_s = time.monotonic()
+    header = TaskHeader(task_id=task_id, request_id=f"request-{task_id}", media_type="application/json",
+                        query_image_id=image_id or body.decode(), enqueued_at_s=now_s,
+                        deadline_at_s=now_s + REQUEST_DEADLINE_S)
+    pending = PendingRequest(header, body)
     pool.submit(pending)
     return pending
 
@@ -95,7 +99,7 @@ def wait_ready(pool):
 def assert_answered_ok(result, pending):
     assert result.status == 200, result
     assert result.task_id == pending.task_id
-    assert json.loads(result.body)["id"] == pending.query_image_id
+    assert json.loads(result.body)["id"] == pending.header.query_image_id
 
 
 def pid_is_gone(pid):
@@ -133,7 +137,7 @@ def test_a_dead_worker_fails_only_its_own_requests_and_is_replaced(pools):
 
     died = answer(victim_request)
     assert died.status == 503 and died.reject_reason is RejectReason.WORKER_DIED
-    assert "died" in died.error and json.loads(died.body)["id"] == "die"
+    assert "died" in died.error and died.image_id == "die"
     assert_answered_ok(answer(survivor_request), survivor_request)
 
     wait_until(lambda: pool.ready_count() == 2 and second_pid not in pool.worker_pids(), "a ready replacement")

@@ -5,9 +5,10 @@ read and gives it back when its answer is written, so however many clients
 upload at once, the front end's body memory stays under --max-body-buffer-mb.
 """
 
+import contextlib
 import threading
 
-from ..protocol import overloaded
+from ..refusals import overloaded
 
 
 class BodyBudget:
@@ -23,6 +24,15 @@ class BodyBudget:
                 raise overloaded(f"{self._reserved_bytes / 2**20:.0f} MB of request bodies are being read or "
                                  f"waiting (--max-body-buffer-mb {self.max_bytes / 2**20:g})", close=True)
             self._reserved_bytes += length
+
+    @contextlib.contextmanager
+    def reserved(self, length):
+        """Hold length bytes for the block (or raise the 503 before it starts)."""
+        self.reserve(length)
+        try:
+            yield
+        finally:
+            self.release(length)
 
     def release(self, length):
         with self._lock:

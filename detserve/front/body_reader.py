@@ -2,7 +2,7 @@
 
 import time
 
-from ..protocol import Refusal
+from ..refusals import bad_request
 
 READ_CHUNK_BYTES = 1 << 20
 
@@ -32,6 +32,6 @@ def read_body(rfile, connection, length, timeout_s):
     finally:
         connection.settimeout(previous_timeout_s)
     if len(body) < length:
-        raise Refusal(400, f"the body ended before its Content-Length of {length:,} bytes "
-                           f"(or took longer than {timeout_s:g} s to arrive)", close=True)
+        raise bad_request(f"the body ended before its Content-Length of {length:,} bytes "
+                          f"(or took longer than {timeout_s:g} s to arrive)", close=True)
     return body

@@ -9,8 +9,9 @@ import json
 from dataclasses import dataclass, field
 
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from ..protocol import Refusal
+from ..refusals import not_found
 from . import openapi, page
+from .request_options import wants_html
 
 JSON_MEDIA_TYPE = "application/json"
 WELCOME_TEXT = (
@@ -35,7 +36,7 @@ def json_answer(status, payload):
 
 def root(state, headers):
     """The page for a browser; the short welcome text for everyone else (curl, old clients)."""
-    if page.wants_html(headers.get("Accept")):
+    if wants_html(headers.get("Accept")):
         return asset(page.index(), "/")
     # Vary: a cache must not hand the page to curl, or this text to a browser.
     return Answer(200, WELCOME_TEXT.encode(), "text/plain; charset=utf-8", {"Vary": "Accept"})
@@ -43,7 +44,7 @@ def root(state, headers):
 
 def asset(found, path):
     if found is None:
-        raise Refusal(404, f"no such page asset {path!r}", reason=None)
+        raise not_found(f"no such page asset {path!r}")
     return Answer(200, found.body, found.content_type, found.headers)
 
 

@@ -18,7 +18,8 @@ from http.server import ThreadingHTTPServer
 
 from .. import __version__
 from ..logs import log_access
-from ..protocol import overloaded
+from ..refusals import overloaded
+from .formats import native
 from .handler import DetectionRequestHandler
 
 log = logging.getLogger("detserve.http")
@@ -86,7 +87,7 @@ class DetectionHTTPServer(ThreadingHTTPServer):
     def _refuse_connection(self, request, client_address):
         """Answer 503 from this thread, without reading the request: cheap and bounded."""
         refusal = overloaded("too many open connections (--max-connections)", close=True)
-        body = refusal.body()
+        body = native.error_body(refusal)
         request_id = uuid.uuid4().hex
         head = (f"HTTP/1.1 503 Service Unavailable\r\nServer: detserve/{__version__}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"

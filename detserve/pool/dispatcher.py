@@ -8,7 +8,7 @@ that a slow or dying worker strands only a few requests.
 import threading
 import time
 
-from ..protocol import past_deadline
+from ..refusals import past_deadline
 
 CREDIT_PER_BATCH = 2
 
@@ -32,11 +32,11 @@ class Dispatcher(threading.Thread):
                 pending = self._queue.pop()
                 self._changed.notify_all()  # a submitter waiting for room in the queue has it
                 now_s = time.monotonic()
-                expired = now_s > pending.deadline_s
+                expired = now_s > pending.deadline_at_s
                 if not expired:
                     self._slot_with_credit().assign(pending, now_s)
             if expired:  # its client already has a 504: do no work for it
-                pending.fail(past_deadline())
+                pending.fail(past_deadline)
 
     def _slot_with_credit(self):
         candidates = [slot for slot in self._slots if slot.takes_work(self._credit)]

@@ -6,7 +6,7 @@ Its bytes are bounded before it, by the front end's body budget
 
 from collections import deque
 
-from ..protocol import overloaded
+from ..refusals import overloaded
 
 
 class RequestQueue:
@@ -25,7 +25,8 @@ class RequestQueue:
     def put(self, pending):
         """Append pending, or raise the overload Refusal when the queue is full."""
         if self.is_full():
-            raise overloaded(f"the queue is full (--queue-size {self.max_requests})")
+            raise overloaded(f"the queue is full (--queue-size {self.max_requests})",
+                             image_id=pending.header.query_image_id)
         self._items.append(pending)
 
     def pop(self):

@@ -9,7 +9,8 @@ import multiprocessing.connection
 import threading
 import time
 
-from ..protocol import WorkerBootFailed, WorkerReady, shutting_down, worker_died, worker_hung
+from ..protocol import WorkerBootFailed, WorkerReady
+from ..refusals import shutting_down, worker_died, worker_hung
 from .worker_slot import SlotState
 
 log = logging.getLogger("detserve.pool")
@@ -127,9 +128,9 @@ class Supervisor(threading.Thread):
             orphans = slot.detach()
             self._busy_flags.mark_idle(slot.index)
         stopping = self._stopping.is_set()
-        refusal = shutting_down() if stopping else worker_hung() if stuck else worker_died()
+        refusal_for = shutting_down if stopping else worker_hung if stuck else worker_died
         for pending in orphans:
-            pending.fail(refusal)
+            pending.fail(refusal_for)
         if stopping:
             return
         if was_ready:

@@ -1,6 +1,6 @@
 """WorkerPool: what the front end sees of the workers (submit, readiness) and their start and stop.
 
-    handler threads ──submit──▶ RequestQueue (bounded in requests and bytes)
+    handler threads ──submit──▶ RequestQueue (bounded in requests; bytes by the body budget)
                                      │ Dispatcher thread: a request goes to the
                                      │ ready worker with the fewest outstanding
                                      ▼
@@ -24,7 +24,8 @@ import multiprocessing
 import threading
 import time
 
-from ..protocol import BusyFlags, shutting_down
+from ..busy_flags import BusyFlags
+from ..refusals import shutting_down
 from .dispatcher import Dispatcher
 from .request_queue import RequestQueue
 from .supervisor import Supervisor
@@ -72,7 +73,7 @@ class WorkerPool:
             # The supervisor may reap a slot meanwhile; keep our own references.
             live = [(slot, slot.process, bool(slot.outstanding)) for slot in self._slots if slot.process is not None]
         for pending in leftovers:
-            pending.fail(shutting_down())
+            pending.fail(shutting_down)
         for slot, process, busy in live:
             if busy:
                 process.kill()  # the drain already gave it its time
@@ -91,7 +92,7 @@ class WorkerPool:
                 slot.process.kill()
                 slot.process.join()
             for pending in list(slot.outstanding.values()):
-                pending.fail(shutting_down())
+                pending.fail(shutting_down)
 
     def kill_workers(self):
         """SIGKILL every worker now: for a forced exit, which waits for nothing."""
@@ -115,7 +116,7 @@ class WorkerPool:
                     break
                 self._changed.wait(remaining_s)
             if self._stopping.is_set():
-                raise shutting_down()
+                raise shutting_down(pending.header.query_image_id)
             self._queue.put(pending)
             self._changed.notify_all()
 

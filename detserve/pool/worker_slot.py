@@ -108,7 +108,7 @@ class WorkerSlot:
         self.outstanding[pending.task_id] = pending
         # Queued for this worker's sender, never written here: a large body to a
         # busy worker must not hold up the other workers' tasks.
-        self._sender.send_task(encode_task_header(pending.header()), pending.body)
+        self._sender.send_task(encode_task_header(pending.header), pending.body)
         pending.body = None
 
     def complete(self, task_ids, now_s):

@@ -6,7 +6,8 @@ and float repr (json.dumps of the same dict).
 
 import json
 
-from ..protocol import OUTPUT_MEDIA_TYPES, Refusal, Result
+from ..protocol import OUTPUT_MEDIA_TYPES, Result
+from ..refusals import Refusal
 from .annotation import annotate_jpeg
 
 # The whole response head must fit a proxy's buffer: nginx's default proxy_buffer_size
@@ -20,12 +21,13 @@ def detections_json(detections):
     return [detection.as_json() for detection in detections]
 
 
-def single_answer(task, job, timings, class_ids):
+def single_answer(task, job, timings):
     """The Result of a one-image task: its detections as JSON, or drawn on the image as JPEG."""
     labels = tuple(d.label for d in job.detections)
     if task.header.output_format == "json":
         body = json.dumps({"id": job.image_id, "detections": detections_json(job.detections)}).encode()
         return Result(task.header.task_id, 200, body, image_id=job.image_id, labels=labels, **timings)
+    class_ids = {label: i for i, label in enumerate(task.labels)}
     jpeg = annotate_jpeg(job.full_pixels, job.original_size_px, job.detections, class_ids, job.options.max_side_px)
     return Result(task.header.task_id, 200, jpeg, image_id=job.image_id, labels=labels,
                   content_type=OUTPUT_MEDIA_TYPES[task.header.output_format],

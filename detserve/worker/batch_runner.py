@@ -12,9 +12,12 @@ import time
 
 import cv2
 
-from . import answers, cpu_budget
-from ..protocol import RejectReason, Refusal, Result, internal_error, past_deadline
-from .task_preparation import TaskPreparation, out_of_memory
+from . import cpu_budget
+from ..protocol import Result
+from ..refusals import Refusal, inference_failed, internal_error, past_deadline
+from .failures import refusal_boundary
+from .formats import WORKER_FORMATS
+from .task_preparation import TaskPreparation
 
 log = logging.getLogger("detserve.worker")
 
@@ -26,15 +29,14 @@ class BatchRunner:
         self.config = config
         self.cpus = cpu_budget.available_cpus()
         self.preparation = TaskPreparation(config, detector.labels)
-        self.class_ids = {label: i for i, label in enumerate(detector.labels)}
         self._last_inference_s = 0.0  # how long the previous batch's forward pass took
 
     def run(self, tasks):
         """One Result per task (matched by task_id); one forward pass for all images that decode.
 
-        This is the boundary no request crosses: whatever one task's bytes make our
-        code raise becomes that task's answer, and the worker lives on. Only the
-        model itself failing is allowed to end a worker, and not from here.
+        No request crosses this: whatever one task's bytes make our code raise
+        becomes that task's answer (worker/failures), and the worker lives on. Only
+        the model itself failing is allowed to end a worker, and not from here.
         """
         try:
             return self._run(tasks)
@@ -52,6 +54,12 @@ class BatchRunner:
                 jobs.append(self._prepare(header, body, started_s, queue_wait_s))
             except Refusal as refusal:
                 results.append(Result.failure(header.task_id, refusal, queue_wait_s=queue_wait_s))
+        # Decoding took time: a task whose client has stopped waiting does not go through the model.
+        now_s = time.monotonic()
+        for job in [job for job in jobs if now_s > job.header.deadline_at_s]:
+            jobs.remove(job)
+            image_id = None if job.several else job.entries[0].image_id
+            results.append(Result.failure(job.header.task_id, past_deadline(image_id), queue_wait_s=job.queue_wait_s))
         if jobs:
             results.extend(self._detect(jobs))
         if len(results) != len(tasks):
@@ -62,17 +70,10 @@ class BatchRunner:
         """The TaskJob of one task, or raise the Refusal it gets instead."""
         # A task that cannot finish before its deadline gets its 504 now: its client
         # gets one at the deadline anyway, and the worker's time goes to one it can serve.
-        if started_s + self._last_inference_s > header.deadline_s:
+        if started_s + self._last_inference_s > header.deadline_at_s:
             raise past_deadline()
-        try:
+        with refusal_boundary(header.request_id, None, "reading its body"):
             return self.preparation.prepare(header, body, queue_wait_s)
-        except Refusal:
-            raise
-        except MemoryError:  # one oversized request must not take the worker (and its neighbours) down
-            raise out_of_memory() from None
-        except Exception:  # a bug of ours that these bytes found: their answer, not the worker's end
-            log.exception("request %s: unexpected error reading its body", header.request_id)
-            raise internal_error(header.request_id) from None
 
     def _detect(self, tasks):
         images = [job for task in tasks for job in task.image_jobs()]
@@ -82,8 +83,7 @@ class BatchRunner:
                 inference_s = self._last_inference_s = self._forward(images)
         except Exception as exc:  # every request of a failed batch gets the error
             log.exception("inference failed for request ids %s", ", ".join(t.header.request_id for t in tasks))
-            refusal = Refusal(500, f"inference failed: {type(exc).__name__}", RejectReason.INFERENCE_ERROR)
-            return [Result.failure(task.header.task_id, refusal, queue_wait_s=task.queue_wait_s,
+            return [Result.failure(task.header.task_id, inference_failed(exc), queue_wait_s=task.queue_wait_s,
                                    batch_size=len(images)) for task in tasks]
         return [self._answer(task, inference_s, len(images)) for task in tasks]
 
@@ -102,18 +102,12 @@ class BatchRunner:
         return time.perf_counter() - started
 
     def _answer(self, task, inference_s, batch_size):
-        """This task's Result; a failure to build it (drawing, encoding) is this task's alone."""
-        image_jobs = task.image_jobs()
+        """This task's Result, in its wire format; a failure to build it (drawing, encoding) is this task's alone."""
         timings = {"queue_wait_s": task.queue_wait_s, "inference_s": inference_s,
-                   "batch_size": batch_size if image_jobs else 0}
+                   "batch_size": batch_size if task.image_jobs() else 0}
+        image_id = None if task.several else task.entries[0].image_id
         try:
-            if task.several:
-                return answers.several_answer(task, timings)
-            if not image_jobs:
-                return Result.failure(task.header.task_id, task.entries[0], **timings)
-            return answers.single_answer(task, image_jobs[0], timings, self.class_ids)
-        except MemoryError:
-            return Result.failure(task.header.task_id, out_of_memory(), **timings)
-        except Exception:
-            log.exception("request %s: unexpected error building its answer", task.header.request_id)
-            return Result.failure(task.header.task_id, internal_error(task.header.request_id), **timings)
+            with refusal_boundary(task.header.request_id, image_id, "building its answer"):
+                return WORKER_FORMATS[task.header.wire_format].answer(task, timings)
+        except Refusal as refusal:
+            return Result.failure(task.header.task_id, refusal, **timings)

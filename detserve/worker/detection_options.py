@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import FrozenSet, Optional
 
-from ..protocol import DETECTION_OPTION_NAMES, Refusal
+from ..protocol import DETECTION_OPTION_NAMES
+from ..refusals import bad_request
 
 MAX_DETECTIONS_LIMIT = 1000  # more than YOLOv3-tiny's 2,535 candidates ever keep after NMS in practice
 MIN_SIDE_PX, MAX_SIDE_PX = 16, 10_000  # max_side: smaller is unreadable, larger than any accepted image
@@ -64,7 +65,7 @@ def resolve(base, fields, labels, from_query=False):
 def _bad(name, value, expected, from_query=False):
     where = f"?{name}=" if from_query else f'"{name}"'
     shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-    return Refusal(400, f"{where} must be {expected}, not {shown}")
+    return bad_request(f"{where} must be {expected}, not {shown}")
 
 
 def _unit_interval(name, number, raw, from_query):
@@ -107,7 +108,7 @@ def _classes(name, names, labels, from_query):
     unknown = sorted(wanted - set(labels))
     if unknown:
         shown = ", ".join(repr(label[:40]) for label in unknown[:5])
-        raise Refusal(400, f"unknown label{'s' if len(unknown) > 1 else ''} {shown} in {name}; {LABELS_HINT}")
+        raise bad_request(f"unknown label{'s' if len(unknown) > 1 else ''} {shown} in {name}; {LABELS_HINT}")
     return wanted
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..protocol import Refusal
+from ..refusals import bad_request, too_large
 from .image_header import ImageHeaderError, read_header
 
 
@@ -53,10 +53,10 @@ class DecodeBudget:
         if cost > self.remaining:
             spent = DECODE_BUDGET_PIXEL_SCANS - self.remaining
             earlier = f" (the request's earlier images spent {spent:,})" if spent else ""
-            raise Refusal(413, f"the image is {header.width}x{header.height} pixels in {header.scans} scans: "
-                               f"{cost:,} pixel-scans to decode, more than the {DECODE_BUDGET_PIXEL_SCANS:,} a "
-                               f"request may spend{earlier}; send a baseline JPEG, fewer pixels or fewer images",
-                          image_id=image_id)
+            raise too_large(f"the image is {header.width}x{header.height} pixels in {header.scans} scans: "
+                            f"{cost:,} pixel-scans to decode, more than the {DECODE_BUDGET_PIXEL_SCANS:,} a "
+                            f"request may spend{earlier}; send a baseline JPEG, fewer pixels or fewer images",
+                            image_id)
         self.remaining -= cost
 
 
@@ -87,11 +87,10 @@ def decode_image(request, max_pixels, decode_reduction="auto", budget=None):
     try:
         header = read_header(request.image_bytes)
     except ImageHeaderError as exc:
-        raise Refusal(400, f"not a usable image: {exc}", image_id=request.image_id) from None
+        raise bad_request(f"not a usable image: {exc}", request.image_id) from None
     if header.pixels > max_pixels:
-        raise Refusal(
-            413, f"the image is {header.width}x{header.height} pixels, more than the "
-                 f"{max_pixels:,}-pixel limit; resize it", image_id=request.image_id)
+        raise too_large(f"the image is {header.width}x{header.height} pixels, more than the "
+                        f"{max_pixels:,}-pixel limit; resize it", request.image_id)
     (budget or DecodeBudget()).spend(header, request.image_id)
     factor = 1
     if decode_reduction == "auto" and header.format == "JPEG":
@@ -103,7 +102,7 @@ def decode_image(request, max_pixels, decode_reduction="auto", budget=None):
     except cv2.error:
         image = None
     if image is None:
-        raise Refusal(400, f"the {header.format} could not be decoded (corrupt data)", image_id=request.image_id)
+        raise bad_request(f"the {header.format} could not be decoded (corrupt data)", request.image_id)
     return DecodedImage(image, _original_size_px(header, image, factor))
 
 

@@ -2,10 +2,10 @@
 
 Accepted bodies, because real clients send all of them:
 - JSON ``{"id": "...", "image": "<base64>"}``;
-- the same object double-encoded as a JSON string (the original template client);
+- the same object double-encoded as a JSON string (as the first clients of this API sent it);
 - a data-URL prefix on the base64 (``data:image/jpeg;base64,...``);
 - a raw JPEG or PNG body (``Content-Type: image/jpeg`` or ``image/png``);
-- several images, ``{"images": [{"id": ..., "image": ...}, ...]}`` (MultiImageRequest).
+- several images, ``{"images": [{"id": ..., "image": ...}, ...]}``.
 Option fields (detection_options) travel beside ``id`` and ``image``, unvalidated.
 Every failure raises a Refusal with a status and a message a user can act on;
 in a multi-image body a failure of one entry is that entry's, not the request's.
@@ -16,11 +16,10 @@ import binascii
 import json
 import re
 import uuid
-from dataclasses import dataclass, field
-from typing import Tuple, Union
-
-from ..protocol import IMAGE_MEDIA_TYPES, MAX_IMAGE_ID_CHARS, Refusal
+from ..protocol import IMAGE_MEDIA_TYPES, MAX_IMAGE_ID_CHARS
+from ..refusals import Refusal, bad_request, too_large
 from .detection_options import option_fields
+from .parsed_request import ImageRequest, ParsedRequest
 
 WHITESPACE = re.compile(rb"\s+")
 # '{', '[' and ',' allowed per image object: id, image and every option, with "classes"
@@ -29,36 +28,27 @@ WHITESPACE = re.compile(rb"\s+")
 JSON_STRUCTURE_PER_OBJECT = 96
 
 
-@dataclass(frozen=True)
-class ImageRequest:
-    image_id: str
-    image_bytes: bytes
-    option_fields: dict = field(default_factory=dict)  # this image's own option fields from the JSON
-
-
-@dataclass(frozen=True)
-class MultiImageRequest:
-    entries: Tuple[Union[ImageRequest, Refusal], ...]  # in the body's order; a Refusal for a bad entry
-    option_fields: dict  # the top level's option fields, under each entry's own
-
-
 def check_image_id(image_id):
     """Return image_id if it is an acceptable id, else raise Refusal."""
     if not isinstance(image_id, str):
-        raise Refusal(400, f'"id" must be a string, not {type(image_id).__name__}')
+        raise bad_request(f'"id" must be a string, not {type(image_id).__name__}')
     if len(image_id) > MAX_IMAGE_ID_CHARS:
-        raise Refusal(400, f'"id" is longer than {MAX_IMAGE_ID_CHARS} characters')
+        raise bad_request(f'"id" is longer than {MAX_IMAGE_ID_CHARS} characters')
     return image_id
 
 
 def parse_body(body, media_type, query_image_id=None, max_images=1):
-    """Return the ImageRequest or MultiImageRequest a body carries, or raise Refusal."""
+    """The ParsedRequest a body carries, or raise Refusal."""
     if media_type in IMAGE_MEDIA_TYPES:
         image_id = check_image_id(query_image_id) if query_image_id is not None else str(uuid.uuid4())
         if not body:
-            raise Refusal(400, "the request body is empty; send the image bytes", image_id=image_id)
-        return ImageRequest(image_id, bytes(body))
+            raise bad_request("the request body is empty; send the image bytes", image_id)
+        return _one(ImageRequest(image_id, bytes(body)))
     return _parse_json_body(body, max_images)
+
+
+def _one(request):
+    return ParsedRequest((request,), request.option_fields, several=False)
 
 
 def _parse_json_body(body, max_images):
@@ -67,42 +57,42 @@ def _parse_json_body(body, max_images):
     if isinstance(payload, str):  # double-encoded: a JSON string holding the object
         payload = _load_json(payload, max_structure)
     if not isinstance(payload, dict):
-        raise Refusal(400, 'the JSON body must be an object {"id": ..., "image": ...}')
+        raise bad_request('the JSON body must be an object {"id": ..., "image": ...}')
     if "images" in payload:
         return _parse_images(payload, max_images)
-    return _parse_image_object(payload)
+    return _one(_parse_image_object(payload))
 
 
 def _parse_images(payload, max_images):
     images = payload["images"]
     if "image" in payload:
-        raise Refusal(400, 'the JSON body has both "image" and "images"; send one image or a list of them')
+        raise bad_request('the JSON body has both "image" and "images"; send one image or a list of them')
     if not isinstance(images, list) or not images:
-        raise Refusal(400, '"images" must be a non-empty list of {"id": ..., "image": ...} objects')
+        raise bad_request('"images" must be a non-empty list of {"id": ..., "image": ...} objects')
     if len(images) > max_images:
-        raise Refusal(413, f'"images" has {len(images)} entries, more than the {max_images} allowed '
+        raise too_large(f'"images" has {len(images)} entries, more than the {max_images} allowed '
                            '(--max-images); split the request')
     entries = []
     for entry in images:
         try:
             if not isinstance(entry, dict):
-                raise Refusal(400, 'each entry of "images" must be an object {"id": ..., "image": ...}')
+                raise bad_request('each entry of "images" must be an object {"id": ..., "image": ...}')
             entries.append(_parse_image_object(entry))
         except Refusal as refusal:
             entries.append(refusal)
-    return MultiImageRequest(tuple(entries), option_fields(payload))
+    return ParsedRequest(tuple(entries), option_fields(payload), several=True)
 
 
 def _parse_image_object(payload):
     if "id" not in payload:
-        raise Refusal(400, 'the JSON body has no "id" field')
+        raise bad_request('the JSON body has no "id" field')
     image_id = check_image_id(payload["id"])
     image = payload.get("image")
     if image is None:
-        raise Refusal(400, 'the JSON body has no "image" field (base64 of a JPEG or PNG)', image_id=image_id)
+        raise bad_request('the JSON body has no "image" field (base64 of a JPEG or PNG)', image_id)
     if not isinstance(image, str):
-        raise Refusal(400, f'"image" must be a base64 string, not {type(image).__name__}', image_id=image_id)
-    return ImageRequest(image_id, decode_base64(image, image_id=image_id), option_fields(payload))
+        raise bad_request(f'"image" must be a base64 string, not {type(image).__name__}', image_id)
+    return ImageRequest(image_id, decode_base64(image, image_id), option_fields(payload))
 
 
 def _load_json(text, max_structure):
@@ -115,17 +105,17 @@ def _load_json(text, max_structure):
     marks = (b"{", b"[", b",") if isinstance(text, bytes) else ("{", "[", ",")
     structure = sum(text.count(mark) for mark in marks)
     if structure > max_structure:
-        raise Refusal(400, f'the JSON has {structure:,} objects, arrays or commas, more than '
+        raise bad_request(f'the JSON has {structure:,} objects, arrays or commas, more than '
                            f'{max_structure:,}; expected {{"id": "...", "image": "<base64>"}} or '
                            '{"images": [...]}')
     try:
         return json.loads(text)
     except UnicodeDecodeError:
-        raise Refusal(400, "the body is not valid UTF-8 JSON") from None
+        raise bad_request("the body is not valid UTF-8 JSON") from None
     except ValueError as exc:
-        raise Refusal(400, f"the body is not valid JSON ({exc})") from None
+        raise bad_request(f"the body is not valid JSON ({exc})") from None
     except RecursionError:
-        raise Refusal(400, "the JSON is nested too deeply") from None
+        raise bad_request("the JSON is nested too deeply") from None
 
 
 def decode_base64(text, image_id=None):
@@ -133,11 +123,11 @@ def decode_base64(text, image_id=None):
     if text.startswith("data:"):
         prefix, _, text = text.partition(",")
         if not prefix.endswith(";base64"):
-            raise Refusal(400, "the data URL is not base64-encoded (expected ';base64,')", image_id=image_id)
+            raise bad_request("the data URL is not base64-encoded (expected ';base64,')", image_id)
     try:
         raw = text.encode("ascii")
     except UnicodeEncodeError:
-        raise Refusal(400, '"image" is not valid base64 (it has non-ASCII characters)', image_id=image_id) from None
+        raise bad_request('"image" is not valid base64 (it has non-ASCII characters)', image_id) from None
     try:
         decoded = base64.b64decode(raw, validate=True)
     except binascii.Error:
@@ -147,7 +137,7 @@ def decode_base64(text, image_id=None):
         try:
             decoded = base64.b64decode(cleaned, validate=True)
         except binascii.Error:
-            raise Refusal(400, '"image" is not valid base64', image_id=image_id) from None
+            raise bad_request('"image" is not valid base64', image_id) from None
     if not decoded:
-        raise Refusal(400, '"image" is empty', image_id=image_id)
+        raise bad_request('"image" is empty', image_id)
     return decoded

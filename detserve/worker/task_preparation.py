@@ -3,26 +3,22 @@
 A task carries one image or, for a multi-image body, several; every image is
 decoded and brought to the network's input size here, one at a time, so a
 request of many large images never holds them all at full size. Only an
-image whose answer is annotated keeps its full pixels.
+image whose answer is annotated keeps its full pixels. The deadline is
+checked before each image: once nobody waits for the answer, the worker
+stops spending time on it.
 """
 
-import logging
+import time
 from dataclasses import dataclass
 from typing import Any, List, Optional, Tuple, Union
 
-from ..protocol import Refusal, internal_error
+from ..refusals import Refusal, not_acceptable, past_deadline
 from . import detection_options
 from .annotation import output_size_px
 from .detector import network_input
+from .failures import refusal_boundary
+from .formats import WORKER_FORMATS
 from .image_decoding import DecodeBudget, decode_image
-from .request_parsing import MultiImageRequest, parse_body
-
-log = logging.getLogger("detserve.worker")
-
-
-def out_of_memory(image_id=None):
-    return Refusal(413, "the request needs more memory than this worker has; send a smaller image",
-                   image_id=image_id)
 
 
 @dataclass
@@ -44,7 +40,8 @@ class TaskJob:
     header: Any  # protocol.TaskHeader
     queue_wait_s: float
     entries: List[Union[ImageJob, Refusal]]
-    several: bool  # a multi-image body, answered {"results": [...]}
+    several: bool  # a multi-image body, answered per image
+    labels: Tuple[str, ...]  # the labels of the model its images run through
 
     def image_jobs(self):
         return [entry for entry in self.entries if isinstance(entry, ImageJob)]
@@ -53,34 +50,42 @@ class TaskJob:
 class TaskPreparation:
     def __init__(self, config, labels):
         self.config = config
-        self.labels = labels
+        self.labels = tuple(labels)
         self.defaults = detection_options.server_defaults(config)
 
     def prepare(self, header, body, queue_wait_s):
         """The TaskJob of one task, or raise the Refusal the whole task gets."""
-        request = parse_body(body, header.media_type, header.query_image_id, self.config.max_images)
-        several = isinstance(request, MultiImageRequest)
-        try:
+        request = WORKER_FORMATS[header.wire_format].parse(body, header, self.config.max_images)
+        task_image_id = None if request.several else request.entries[0].image_id
+        with refusal_boundary(header.request_id, task_image_id, "reading its options"):
             options = detection_options.resolve(self.defaults, header.query_options, self.labels, from_query=True)
             options = detection_options.resolve(options, request.option_fields, self.labels)
-        except Refusal as refusal:
-            refusal.image_id = None if several else request.image_id
-            raise
+        if request.several and header.output_format != "json":
+            raise not_acceptable("an annotated image answers one image per request; send one image, "
+                                 "or ask for JSON (Accept: application/json) to get several answers")
         budget = DecodeBudget()
-        if not several:
-            return TaskJob(header, queue_wait_s, [self._prepare_image(header, request, options, budget)], False)
-        if header.output_format != "json":
-            raise Refusal(406, "an annotated image answers one image per request; send one image, "
-                               "or ask for JSON (Accept: application/json) to get several answers")
-        entries = [entry if isinstance(entry, Refusal) else
-                   self._prepare_image_or_refusal(header, entry, options, budget) for entry in request.entries]
-        return TaskJob(header, queue_wait_s, entries, True)
+        entries = []
+        for entry in request.entries:
+            if time.monotonic() > header.deadline_at_s:  # its client has had its 504
+                raise past_deadline(task_image_id)
+            if isinstance(entry, Refusal):
+                entries.append(entry)
+                continue
+            try:
+                entries.append(self._prepare_image(header, entry, options, budget))
+            except Refusal as refusal:
+                if not request.several:
+                    raise
+                entries.append(refusal)  # one entry's failure is that entry's answer
+        return TaskJob(header, queue_wait_s, entries, request.several, self.labels)
 
-    def _prepare_image_or_refusal(self, header, request, options, budget):
-        try:
-            return self._prepare_image(header, request, options, budget)
-        except Refusal as refusal:
-            return refusal
+    def _prepare_image(self, header, request, base_options, budget):
+        """The ImageJob of one image, or raise its Refusal; never lets another exception out."""
+        with refusal_boundary(header.request_id, request.image_id, f"reading image {request.image_id!r}"):
+            options = detection_options.resolve(base_options, request.option_fields, self.labels)
+            decoded = decode_image(request, self.config.max_pixels, self.config.decode_reduction, budget)
+            drawn = self._pixels_to_draw_on(request, decoded, options) if header.output_format != "json" else None
+            return ImageJob(request.image_id, options, network_input(decoded.pixels), decoded.original_size_px, drawn)
 
     def _pixels_to_draw_on(self, request, decoded, options):
         """The picture an annotated answer is drawn on: never upscaled from a reduced decode.
@@ -92,19 +97,3 @@ class TaskPreparation:
         if max(decoded.pixels.shape[:2]) >= max(out_w, out_h):
             return decoded.pixels
         return decode_image(request, self.config.max_pixels, "off").pixels
-
-    def _prepare_image(self, header, request, base_options, budget):
-        """The ImageJob of one image, or raise its Refusal; never lets another exception out."""
-        try:
-            options = detection_options.resolve(base_options, request.option_fields, self.labels)
-            decoded = decode_image(request, self.config.max_pixels, self.config.decode_reduction, budget)
-            drawn = self._pixels_to_draw_on(request, decoded, options) if header.output_format != "json" else None
-            return ImageJob(request.image_id, options, network_input(decoded.pixels), decoded.original_size_px, drawn)
-        except Refusal as refusal:
-            refusal.image_id = request.image_id
-            raise
-        except MemoryError:  # one oversized image must not take the worker (and its neighbours) down
-            raise out_of_memory(request.image_id) from None
-        except Exception:  # a bug of ours that these bytes found: their answer, not the worker's end
-            log.exception("request %s: unexpected error reading image %r", header.request_id, request.image_id)
-            raise internal_error(header.request_id, request.image_id) from None

@@ -30,34 +30,12 @@ ASSETS = {
 }
 INDEX = ("index.html", "text/html; charset=utf-8")
 
-HTML_MEDIA_TYPE = "text/html"
-
 
 @dataclass(frozen=True)
 class Asset:
     body: bytes
     content_type: str
     headers: dict
-
-
-def wants_html(accept_header: Optional[str]) -> bool:
-    """True when an Accept header names text/html with a non-zero q, as browsers send.
-
-    curl's `*/*`, no Accept at all, or `application/json` keep the plain-text welcome.
-    """
-    for entry in (accept_header or "").split(","):
-        media_type, *params = (part.strip() for part in entry.split(";"))
-        if media_type.lower() != HTML_MEDIA_TYPE:
-            continue
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    return float(value) > 0
-                except ValueError:
-                    return False
-        return True
-    return False
 
 
 def index() -> Asset:

@@ -1,0 +1,52 @@
+"""DetectionExchange: one detection request, from its head to its answer, in any wire format.
+
+    admit (auth, draining, framing) ─▶ the format's media type ─▶ the query and Accept, read once
+      ─▶ reserve the body budget ─▶ read the body ─▶ TaskHeader + body to the pool
+      ─▶ wait for the worker's Result until the deadline ─▶ the handler writes it
+
+The body stays reserved until the answer is written, so the budget counts
+every byte the front end holds for the request. What differs between wire
+formats (paths, media types, the fields they add, how errors look) is the
+format module's (front/formats); the exchange never asks which one it runs.
+"""
+
+import time
+from urllib.parse import urlsplit
+
+from ..pool.pending import PendingRequest
+from ..protocol import TaskHeader
+from ..refusals import deadline_exceeded
+from . import admission, request_options
+
+
+class DetectionExchange:
+    def __init__(self, state):
+        self.state = state  # ServerState
+
+    def run(self, http, wire_format, params, write_result):
+        """Run one request; write_result(result) writes its answer while the body is still reserved.
+
+        http is the request's handler: its headers, path and request_id, and
+        receive_body(length) to read the body. Raises the Refusal of a request
+        refused on the way.
+        """
+        state, config = self.state, self.state.config
+        arrived_s = time.monotonic()
+        body_length = admission.admit(http.headers, config, state.draining)
+        media_type = wire_format.media_type(http.headers)
+        options = request_options.parse(urlsplit(http.path).query, http.headers.get("Accept"))
+        with state.body_budget.reserved(body_length):  # before a byte of the body is read
+            body = http.receive_body(body_length)
+            header = TaskHeader(
+                task_id=state.next_task_id(), request_id=http.request_id, media_type=media_type,
+                query_image_id=options.image_id, enqueued_at_s=time.monotonic(),
+                deadline_at_s=arrived_s + config.request_timeout_s, query_options=options.detection_options,
+                output_format=options.output_format, wire_format=wire_format.NAME,
+                **wire_format.task_fields(options, params))
+            pending = PendingRequest(header, body)
+            del body  # the pending request holds it until a sender has written it to a worker
+            state.pool.submit(pending)
+            result = pending.wait(header.deadline_at_s - time.monotonic())
+            if result is None:
+                raise deadline_exceeded(config.request_timeout_s, options.image_id)
+            write_result(result)

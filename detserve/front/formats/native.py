@@ -1,0 +1,32 @@
+"""detserve's own API, POST /api/: a JSON body (one image or several) or a raw JPEG or PNG body."""
+
+import json
+
+from ...protocol import IMAGE_MEDIA_TYPES, JSON_MEDIA_TYPE
+from .. import admission
+
+NAME = "native"
+ROUTE_LABEL = "/api/"
+PATHS = ("/api/", "/api")
+OPENAPI_PATHS = ("/api/",)  # the paths as openapi.json documents them
+ACCEPTED_MEDIA_TYPES = (JSON_MEDIA_TYPE, *IMAGE_MEDIA_TYPES)
+ERROR_CONTENT_TYPE = JSON_MEDIA_TYPE
+
+
+def match(path):
+    return (ROUTE_LABEL, {}) if path in PATHS else None
+
+
+def media_type(headers):
+    # No Content-Type: a bare `curl --data-binary` without -H; assume the documented JSON.
+    return admission.media_type(headers, ACCEPTED_MEDIA_TYPES, JSON_MEDIA_TYPE,
+                                "send application/json (or a raw image/jpeg or image/png body)")
+
+
+def task_fields(options, params):
+    return {}
+
+
+def error_body(refusal):
+    """The JSON body of every error answer: a reason a user can act on, and the id if known."""
+    return json.dumps({"error": refusal.message, "id": refusal.image_id}).encode()

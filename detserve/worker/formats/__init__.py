@@ -1,0 +1,15 @@
+"""The wire formats a worker reads and answers: one module each, the same two functions.
+
+The module of a TaskHeader's ``wire_format`` parses the task's body and builds
+its answer; everything between (options, decoding, the forward pass) is the
+same for every format. Each module provides:
+- ``parse(body, header, max_images)``: the ParsedRequest, or raise the Refusal
+  the whole task gets;
+- ``answer(task, timings)``: the Result of a TaskJob whose images ran.
+A format's refusals are worded in the front end (front/formats/), which
+knows how its clients expect an error to look.
+"""
+
+from . import native
+
+WORKER_FORMATS = {native.NAME: native}
