@@ -20,3 +20,4 @@ class ParsedRequest:
     entries: Tuple[Union[ImageRequest, Refusal], ...]
     option_fields: dict  # the body's top-level option fields, under each entry's own
     several: bool  # answered per image (a multi-image body), not as the one image's answer
+    format_state: dict = field(default_factory=dict)  # what the format's answer needs of its request

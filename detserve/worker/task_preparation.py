@@ -9,7 +9,7 @@ stops spending time on it.
 """
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple, Union
 
 from ..refusals import Refusal, not_acceptable, past_deadline
@@ -42,6 +42,7 @@ class TaskJob:
     entries: List[Union[ImageJob, Refusal]]
     several: bool  # a multi-image body, answered per image
     labels: Tuple[str, ...]  # the labels of the model its images run through
+    format_state: dict = field(default_factory=dict)  # ParsedRequest.format_state, for the answer
 
     def image_jobs(self):
         return [entry for entry in self.entries if isinstance(entry, ImageJob)]
@@ -77,7 +78,7 @@ class TaskPreparation:
                 if not request.several:
                     raise
                 entries.append(refusal)  # one entry's failure is that entry's answer
-        return TaskJob(header, queue_wait_s, entries, request.several, self.labels)
+        return TaskJob(header, queue_wait_s, entries, request.several, self.labels, request.format_state)
 
     def _prepare_image(self, header, request, base_options, budget):
         """The ImageJob of one image, or raise its Refusal; never lets another exception out."""
