@@ -187,7 +187,7 @@ def images_main(argv):
     parser = argparse.ArgumentParser(
         prog="python -m bench images",
         description="Write every JPEG and PNG of SRC resized to WxH as a JPEG into DEST (created): "
-                    "a large-image set for the load client and bench.perf. Deterministic.")
+                    "a large-image set for the load client and the studies. Deterministic.")
     parser.add_argument("src", help="folder of JPEG and PNG images")
     parser.add_argument("dest", help="folder to write the JPEGs to (created if missing; same names, .jpg)")
     parser.add_argument("--upscale", metavar="WxH", type=_image_size, required=True,

@@ -1,6 +1,6 @@
 """What reduced-scale decoding changes: detections with --decode-reduction auto against off.
 
-`python -m bench.decode_accuracy FOLDER [FOLDER ...] [--upscale 4032x3024]` runs
+`python -m studies.decode_accuracy FOLDER [FOLDER ...] [--upscale 4032x3024]` runs
 the worker's own decode (`image_decoding.decode_image`) and `Detector` in this
 process, one OpenCV thread, on every JPEG and PNG of the folders, once with each
 setting. Images narrower and lower than --upscale are first resized to it and
@@ -98,7 +98,7 @@ def parse_size(text):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m bench.decode_accuracy", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.decode_accuracy", description=__doc__.split("\n")[0])
     parser.add_argument("folders", nargs="+", help="folders of JPEG and PNG images")
     parser.add_argument("--upscale", type=parse_size, default=(4032, 3024),
                         help="resize smaller images to WIDTHxHEIGHT, JPEG q90 (default 4032x3024; 0x0: never)")

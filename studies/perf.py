@@ -1,10 +1,10 @@
 """The performance benchmark: detserve against the raw pipeline ceiling, in one go.
 
-`python -m bench.perf FOLDER` does, per run, on this machine, three parts
+`python -m studies.perf FOLDER` does, per run, on this machine, three parts
 (`--only` chooses):
 
 small    the sample images, as before:
-         1. the ceiling (bench.ceiling): bare processes, no HTTP, no pipes;
+         1. the ceiling (studies.ceiling): bare processes, no HTTP, no pipes;
          2. starts `python -m detserve --workers 2` on 127.0.0.1 and times it to ready;
          3. loads it from 1, 2, 4, 8 and 16 client threads for DURATION seconds each;
          4. the ceiling again (the run's yardstick is the mean of 1 and 4).
@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import ceiling as ceiling_bench
+from studies import ceiling as ceiling_bench
 from bench import overload as overload_figures
 from bench import upscale
 from bench import wrk as wrk_bench
@@ -328,7 +328,7 @@ def _run_note(run, clients):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.perf", description=__doc__.split("\n\n")[0])
     parser.add_argument("folder")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only", type=_parts, default=list(PARTS), metavar="PARTS",

@@ -1,6 +1,6 @@
 """The raw pipeline ceiling: what this machine can do with no server in the way.
 
-`python -m bench.ceiling FOLDER` runs the worker's own pipeline (JSON and
+`python -m studies.ceiling FOLDER` runs the worker's own pipeline (JSON and
 base64 parsing, imdecode, blobFromImage, one forward pass, post-processing,
 JSON answer) in bare processes on the same images the load client sends:
 
@@ -10,7 +10,7 @@ JSON answer) in bare processes on the same images the load client sends:
   time: the median time per image.
 
 A server can only approach these figures: they are the yardstick of
-bench.perf.
+studies.perf.
 """
 
 import argparse
@@ -131,7 +131,7 @@ def measure(folder, model_dir, processes=None, duration_s=10.0, rounds=5):
 def main(argv=None):
     from detserve.model_files import DEFAULT_MODEL_DIR
 
-    parser = argparse.ArgumentParser(prog="python -m bench.ceiling", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.ceiling", description=__doc__.split("\n\n")[0])
     parser.add_argument("folder")
     parser.add_argument("--processes", type=int, default=None, help="default: one per CPU")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of the throughput run")
