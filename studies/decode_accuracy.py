@@ -1,6 +1,6 @@
 """What reduced-scale decoding changes: detections with --decode-reduction auto against off.
 
-`python -m studies.decode_accuracy FOLDER [FOLDER ...] [--upscale 4032x3024]` runs
+`python -m studies.decode_accuracy FOLDER [FOLDER ...] [--upscale 4032x3024 | --no-upscale]` runs
 the worker's own decode (`image_decoding.decode_image`) and `Detector` in this
 process, one OpenCV thread, on every JPEG and PNG of the folders, once with each
 setting. Images narrower and lower than --upscale are first resized to it and
@@ -26,6 +26,7 @@ import numpy as np
 
 from detserve.worker.detector import Detector
 from detserve.worker.image_header import read_header
+from bench.upscale import PHONE_PHOTO_SIZE, parse_size
 from detserve.model_files import DEFAULT_MODEL_DIR
 from detserve.worker.image_decoding import decode_image, jpeg_reduction
 from detserve.worker.request_parsing import ImageRequest
@@ -89,23 +90,16 @@ def match(reduced, full):
     return matched, only_full, only_reduced
 
 
-def parse_size(text):
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 4032x3024, not {text!r}") from None
-    return width, height
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m studies.decode_accuracy", description=__doc__.split("\n")[0])
     parser.add_argument("folders", nargs="+", help="folders of JPEG and PNG images")
-    parser.add_argument("--upscale", type=parse_size, default=(4032, 3024),
-                        help="resize smaller images to WIDTHxHEIGHT, JPEG q90 (default 4032x3024; 0x0: never)")
+    parser.add_argument("--upscale", type=parse_size, default=PHONE_PHOTO_SIZE, metavar="WxH",
+                        help=f"resize smaller images to WxH, JPEG q90 (default {PHONE_PHOTO_SIZE})")
+    parser.add_argument("--no-upscale", action="store_true", help="measure every image at its own size")
     parser.add_argument("--confidence", type=float, default=0.3, help="detection threshold (default 0.3)")
     parser.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
     args = parser.parse_args(argv)
-    upscale_px = args.upscale if all(args.upscale) else None
+    upscale_px = None if args.no_upscale else args.upscale
 
     cv2.setNumThreads(1)
     detector = Detector(args.model_dir, confidence_threshold=args.confidence)
