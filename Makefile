@@ -56,10 +56,10 @@ calibrate: models
 	$(PY) -m detserve.calibrate
 
 ceiling: models
-	$(PY) -m bench.ceiling inputfolder
+	$(PY) -m studies.ceiling inputfolder
 
 perf: models
-	$(PY) -m bench.perf inputfolder
+	$(PY) -m studies.perf inputfolder
 
 clean:
 	rm -rf $(VENV) *.egg-info build dist .pytest_cache

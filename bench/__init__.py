@@ -11,9 +11,10 @@ Data flow::
 ``sweep`` repeats ``run_load`` over thread counts; ``plot`` draws a sweep's
 results; ``upscale`` makes a large-image set from a folder; ``overload``
 reduces a no-back-off run (bench's own or ``wrk``'s) to goodput, refusals
-and time-outs; ``perf`` puts small images, large images and overload side
-by side. ``run_load`` is importable so that other benchmarks can drive load
-in-process.
+and time-outs; ``proc_stats`` reads a process's memory and CPU time from
+/proc; ``server_process`` starts detserve for the tests and the studies.
+``run_load`` is importable so that the studies (``studies/`` in a checkout,
+not installed) drive load in-process.
 """
 
 from bench.images import Image, load_folder

@@ -121,7 +121,7 @@ def run_main(argv):
                                "accepted requests; 503s do not make the exit status 1")
     refusals.add_argument("--honor-retry-after", action="store_true",
                           help="after a 503, wait its Retry-After seconds before the next request")
-    parser.add_argument("--upscale", metavar="WxH", type=_image_size,
+    parser.add_argument("--upscale", metavar="WxH", type=upscale.parse_size,
                         help="send FOLDER's images resized to WxH (e.g. 4032x3024) as JPEG q90, "
                              "made in a temporary folder first")
     args = parser.parse_args(argv)
@@ -174,23 +174,16 @@ def _per_image_printer(images, stream):
     return print_record
 
 
-def _image_size(text):
-    try:
-        return upscale.parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 # -- images ------------------------------------------------------------------
 
 def images_main(argv):
     parser = argparse.ArgumentParser(
         prog="python -m bench images",
         description="Write every JPEG and PNG of SRC resized to WxH as a JPEG into DEST (created): "
-                    "a large-image set for the load client and bench.perf. Deterministic.")
+                    "a large-image set for the load client and the studies. Deterministic.")
     parser.add_argument("src", help="folder of JPEG and PNG images")
     parser.add_argument("dest", help="folder to write the JPEGs to (created if missing; same names, .jpg)")
-    parser.add_argument("--upscale", metavar="WxH", type=_image_size, required=True,
+    parser.add_argument("--upscale", metavar="WxH", type=upscale.parse_size, required=True,
                         help=f"the size in pixels, e.g. {upscale.PHONE_PHOTO_SIZE} (a 12 MP phone photo)")
     parser.add_argument("--quality", type=_quality, default=upscale.DEFAULT_JPEG_QUALITY,
                         help=f"JPEG quality 1-100 (default {upscale.DEFAULT_JPEG_QUALITY})")

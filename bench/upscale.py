@@ -8,6 +8,7 @@ runs of a benchmark send the same bodies. This is the only part of bench that
 needs OpenCV; it is imported only when large images are asked for.
 """
 
+import argparse
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +29,13 @@ class WrittenImage:
 
 
 def parse_size(text):
-    """'4032x3024' -> (4032, 3024); raise ValueError with a usable message otherwise."""
+    """'4032x3024' -> (4032, 3024): the argparse type of every WxH flag, here and in the studies.
+
+    A bad size raises ArgumentTypeError, whose message argparse prints as it is.
+    """
     match = _SIZE.match(text.strip().lower())
     if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
-        raise ValueError(f"size {text!r} is not WIDTHxHEIGHT in pixels, e.g. {PHONE_PHOTO_SIZE}")
+        raise argparse.ArgumentTypeError(f"size {text!r} is not WIDTHxHEIGHT in pixels, e.g. {PHONE_PHOTO_SIZE}")
     return int(match.group(1)), int(match.group(2))
 
 

@@ -1,5 +1,6 @@
 """The structure the README draws, checked: the front end never loads OpenCV or numpy, test
-modules stand alone, and no class or function in detserve/ has grown to do several jobs.
+modules stand alone, the studies stay apart, and no class or function in detserve/ has grown to
+do several jobs.
 """
 
 import ast
@@ -16,6 +17,9 @@ from support import REPO_ROOT
 HEAVY_MODULES = ("cv2", "numpy")
 WORKER_PACKAGE = "detserve.worker"
 TESTS = REPO_ROOT / "tests"
+STUDIES = REPO_ROOT / "studies"
+# The one module of the worker a study may import: the worker's path as a whole, not its parts.
+STUDIES_WORKER_ENTRY = "detserve.worker.pipeline"
 # Test modules may import these helper modules; conftest is loaded by pytest, never imported.
 TEST_HELPER_MODULES = {"support", "reference", "standin_worker"}
 MAX_CLASS_LINES = 200
@@ -60,14 +64,19 @@ def test_the_import_probe_sees_opencv_where_it_is_loaded():
 
 
 # -- test modules stand alone ------------------------------------------------------------------------
-def imported_top_level_names(path):
+def imported_modules(path):
+    """Every module path imports: its absolute name, or dots and the name for a relative import."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.add("." * node.level + (node.module or ""))
     return names
+
+
+def imported_top_level_names(path):
+    return {name.split(".")[0] for name in imported_modules(path) if not name.startswith(".")}
 
 
 def test_no_test_module_imports_another_test_module_or_conftest():
@@ -77,6 +86,35 @@ def test_no_test_module_imports_another_test_module_or_conftest():
     offenders = {path.name: sorted(imported_top_level_names(path) & forbidden)
                  for path in sorted(TESTS.glob("*.py"))}
     assert {name: imports for name, imports in offenders.items() if imports} == {}
+
+
+# -- the studies stay apart ---------------------------------------------------------------------------
+def test_neither_the_package_nor_the_load_client_nor_a_test_imports_a_study():
+    paths = [*(REPO_ROOT / "detserve").rglob("*.py"), *(REPO_ROOT / "bench").rglob("*.py"), *TESTS.glob("*.py")]
+    assert REPO_ROOT / "bench" / "loadgen.py" in paths and TESTS / "test_bench.py" in paths
+    offenders = sorted(str(path.relative_to(REPO_ROOT)) for path in paths if "studies" in imported_top_level_names(path))
+    assert offenders == []
+
+
+def test_a_study_imports_no_other_study_and_reaches_the_worker_only_through_its_pipeline():
+    studies = sorted(path for path in STUDIES.glob("*.py") if path.name != "__init__.py")
+    assert STUDIES / "ceiling.py" in studies and STUDIES / "decode_accuracy.py" in studies
+    offenders = {}
+    for path in studies:
+        wrong = sorted(name for name in imported_modules(path)
+                       if name.startswith(".") or name.split(".")[0] == "studies"
+                       or (name.startswith(WORKER_PACKAGE) and name != STUDIES_WORKER_ENTRY))
+        if wrong:
+            offenders[path.name] = wrong
+    assert offenders == {}
+
+
+def test_the_import_walk_sees_relative_imports_and_the_modules_imported_from(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("import studies.soak\nfrom . import ceiling\nfrom ..x import y\n"
+                     "from detserve.worker.batch_runner import BatchRunner\n")
+    assert imported_modules(probe) == {"studies.soak", ".", "..x", "detserve.worker.batch_runner"}
+    assert imported_top_level_names(probe) == {"studies", "detserve"}
 
 
 # -- size guard ------------------------------------------------------------------------------------------

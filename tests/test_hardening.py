@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.soak import rss_mb
+from bench.proc_stats import rss_mb
 from reference import assert_same_detections, reference_detections
 from support import ServerProcess, b64, camera_jpeg, metric_value, read_response
 

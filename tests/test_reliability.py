@@ -14,7 +14,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from bench.soak import rss_mb
+from bench.proc_stats import rss_mb
 from reference import assert_same_detections, reference_detections
 from support import REPO_ROOT, ServerProcess, b64, camera_jpeg, metric_value
 

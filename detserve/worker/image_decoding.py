@@ -77,6 +77,13 @@ def jpeg_reduction(width_px, height_px):
     return 1
 
 
+def reduction_factor(header, decode_reduction):
+    """The scale (1/factor) decode_image reads this image at: 1, a full decode, but for a large JPEG with auto."""
+    if decode_reduction == "auto" and header.format == "JPEG":
+        return jpeg_reduction(header.width, header.height)
+    return 1
+
+
 def decode_image(request, max_pixels, decode_reduction="auto", budget=None):
     """Decode the request's bytes to a DecodedImage, refusing bombs before allocating them.
 
@@ -92,9 +99,7 @@ def decode_image(request, max_pixels, decode_reduction="auto", budget=None):
         raise too_large(f"the image is {header.width}x{header.height} pixels, more than the "
                         f"{max_pixels:,}-pixel limit; resize it", request.image_id)
     (budget or DecodeBudget()).spend(header, request.image_id)
-    factor = 1
-    if decode_reduction == "auto" and header.format == "JPEG":
-        factor = jpeg_reduction(header.width, header.height)
+    factor = reduction_factor(header, decode_reduction)
     flag = dict(JPEG_REDUCTIONS).get(factor, cv2.IMREAD_COLOR)
     buffer = np.frombuffer(request.image_bytes, np.uint8)
     try:

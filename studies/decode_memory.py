@@ -1,6 +1,6 @@
 """A worker's peak memory after one large upload, with --decode-reduction auto and off.
 
-`python -m bench.decode_memory [IMAGE]` upscales IMAGE (default
+`python -m studies.decode_memory [IMAGE]` upscales IMAGE (default
 inputfolder/camera.jpg) to 12, 24 and 40 megapixels (JPEG q90) and, for each
 size and setting, starts a fresh one-worker server on 127.0.0.1, reads the
 worker's peak resident memory (VmHWM in /proc/PID/status) once it is ready,
@@ -14,22 +14,15 @@ narrow to reduce) always decodes in full, so it is the worst case that
 import argparse
 import sys
 import urllib.request
-from pathlib import Path
 
 import cv2
 
+from bench.proc_stats import peak_rss_mb
 from bench.server_process import REPO_ROOT, ServerProcess
 
 SIZES_PX = {"12 MP": (4032, 3024), "24 MP": (6000, 4000), "40 MP": (7744, 5163)}  # 40 MP: just under the cap
 UPLOADS = 3
 JPEG_QUALITY = 90
-
-
-def peak_resident_mb(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmHWM for pid {pid}")
 
 
 def post(url, data, media_type):
@@ -43,16 +36,16 @@ def measure(setting, data, media_type="image/jpeg"):
     """(peak MB when ready, peak MB after the uploads) of a fresh one-worker server's worker."""
     with ServerProcess("--workers", "1", "--decode-reduction", setting) as server:
         (worker_pid,) = server.worker_pids()
-        ready_mb = peak_resident_mb(worker_pid)
+        ready_mb = peak_rss_mb(worker_pid)
         for _ in range(UPLOADS):
             status = post(server.api_url, data, media_type)
             if status != 200:
                 raise RuntimeError(f"upload answered {status}")
-        return ready_mb, peak_resident_mb(worker_pid)
+        return ready_mb, peak_rss_mb(worker_pid)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m bench.decode_memory", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.decode_memory", description=__doc__.split("\n")[0])
     parser.add_argument("image", nargs="?", default=str(REPO_ROOT / "inputfolder" / "camera.jpg"))
     args = parser.parse_args(argv)
     source = cv2.imread(args.image)

@@ -1,6 +1,6 @@
 """The front end's memory at its worst: every connection open, every body byte of the budget held.
 
-`python -m bench.front_end_memory` starts detserve (one worker, stopped with
+`python -m studies.front_end_memory` starts detserve (one worker, stopped with
 SIGSTOP so nothing leaves the queue), then fills what the front end bounds:
 bodies of --max-body-mb each, all but their last byte sent, until
 --max-body-buffer-mb is reserved; and the rest of --max-connections with
@@ -15,18 +15,11 @@ import signal
 import socket
 import time
 
+from bench.proc_stats import peak_rss_mb, rss_mb
 from bench.server_process import ServerProcess
-from bench.soak import rss_mb
 
 HEAD_FILLER_BYTES = 31 * 1024
 MIB = 1 << 20
-
-
-def peak_mb(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def formula_mb(body_buffer_mb, connections):
@@ -60,7 +53,7 @@ def measure(max_body_mb, body_buffer_mb, connections):
         sockets = [stalled_upload(server.port, int(max_body_mb * MIB)) for _ in range(uploads)]
         sockets += [unfinished_head(server.port) for _ in range(connections - uploads)]
         time.sleep(3)  # let every handler thread take in what the kernel buffered
-        after_mb, peak = rss_mb(front_end), peak_mb(front_end)
+        after_mb, peak = rss_mb(front_end), peak_rss_mb(front_end)
         for sock in sockets:
             sock.close()
         os.kill(worker, signal.SIGCONT)
@@ -68,7 +61,7 @@ def measure(max_body_mb, body_buffer_mb, connections):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m bench.front_end_memory", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.front_end_memory", description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-body-mb", type=float, default=20)
     parser.add_argument("--max-body-buffer-mb", type=float, default=160)
     parser.add_argument("--max-connections", type=int, default=256)

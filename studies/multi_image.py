@@ -1,4 +1,4 @@
-"""One 16-image request against 16 single requests, one client: `python -m bench.multi_image inputfolder`.
+"""One 16-image request against 16 single requests, one client: `python -m studies.multi_image inputfolder`.
 
 Both sides send the same images as JSON over one keep-alive connection to
 127.0.0.1, one request at a time. The multi-image request runs its images in
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .server_process import ServerProcess
+from bench.server_process import ServerProcess
 
 
 def load_images(folder, count):
@@ -67,7 +67,7 @@ def measure(url, images, rounds):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m bench.multi_image", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.multi_image", description=__doc__.split("\n\n")[0])
     parser.add_argument("folder")
     parser.add_argument("--url", help="a running server's /api/ URL; default: start one with --workers")
     parser.add_argument("--workers", type=int, default=2)

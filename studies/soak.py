@@ -1,6 +1,6 @@
 """The soak benchmark: thousands of requests, and the resident memory of every process.
 
-`python -m bench.soak FOLDER` is not a test: it reports. It starts detserve on
+`python -m studies.soak FOLDER` is not a test: it reports. It starts detserve on
 127.0.0.1, sends --requests images (every sample, round and round) from
 --threads clients, and prints the resident set size of the front end and of
 each worker at start (after one warm-up pass), at every quarter, and at the
@@ -10,20 +10,13 @@ the first forward pass is OpenCV allocating its buffers once.
 
 import argparse
 import sys
-from pathlib import Path
 
 from bench.images import load_folder
 from bench.loadgen import run_load
+from bench.proc_stats import rss_mb
 from bench.server_process import ServerProcess
 
 CHECKPOINTS = 4
-
-
-def rss_mb(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def snapshot(server):
@@ -33,7 +26,7 @@ def snapshot(server):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("folder")
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--threads", type=int, default=8)

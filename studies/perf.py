@@ -1,28 +1,28 @@
 """The performance benchmark: detserve against the raw pipeline ceiling, in one go.
 
-`python -m bench.perf FOLDER` does, per run, on this machine, three parts
+`python -m studies.perf FOLDER` does, per run, on this machine, three parts
 (`--only` chooses):
 
 small    the sample images, as before:
-         1. the ceiling (bench.ceiling): bare processes, no HTTP, no pipes;
+         1. the ceiling (`python -m studies.ceiling --json`): bare processes, no HTTP, no pipes;
          2. starts `python -m detserve --workers 2` on 127.0.0.1 and times it to ready;
          3. loads it from 1, 2, 4, 8 and 16 client threads for DURATION seconds each;
          4. the ceiling again (the run's yardstick is the mean of 1 and 4).
-         Goals (issue 7): >= 0.95 x ceiling at 8 clients, p50 <= 1.25 x the
+         Goals: >= 0.95 x ceiling at 8 clients, p50 <= 1.25 x the
          best single-image latency at 1 client.
 large    FOLDER's images upscaled to 12 MP (bench.upscale, once per invocation)
          at 1 and 8 clients, against a server started with
-         `--decode-reduction auto`, then `off`. Goals (issue 13): 12 MP
+         `--decode-reduction auto`, then `off`. Goals: 12 MP
          throughput >= 0.85 x small at 8 clients, p50 <= 1.3 x small at 1.
 overload 64 connections that ignore Retry-After against `--queue-size 16`,
-         from bench's threads (and from wrk with --wrk). Goals (issue 13):
+         from bench's threads (and from wrk with --wrk). Goals:
          goodput >= 0.9 x the 8-client capacity of the same run, no time-out,
          p99 of accepted requests under --request-timeout-s.
 
 The small-image figures at 1 and 8 clients that large and overload compare
 with come from the small part of the same run, or, when it is left out, from
 a server started for them. A server that does not know `--decode-reduction`
-(one older than issue 13) is reported as such, and the large part measures
+(one older than reduced decoding) is reported as such, and the large part measures
 it once without the flag instead. Figures are medians over --runs; the
 client runs on the same cores as the server, as in any one-machine test.
 """
@@ -30,12 +30,12 @@ client runs on the same cores as the server, as in any one-machine test.
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench import ceiling as ceiling_bench
 from bench import overload as overload_figures
 from bench import upscale
 from bench import wrk as wrk_bench
@@ -46,7 +46,7 @@ from bench.server_process import REPO_ROOT, ServerProcess, ServerRejectedArgumen
 THROUGHPUT_GOAL = 0.95
 LATENCY_GOAL = 1.25
 PARTS = ("small", "large", "overload")
-# issue 13
+# The large-image and overload goals.
 LARGE_THROUGHPUT_GOAL = 0.85  # 12 MP img/s / small img/s, at 8 clients
 LARGE_LATENCY_GOAL = 1.3  # 12 MP p50 / small p50, at 1 client
 OVERLOAD_GOAL = 0.9  # goodput under overload / 8-client capacity
@@ -58,23 +58,34 @@ OVERLOAD_SERVER_ARGS = ("--queue-size", "16")
 DEFAULT_REQUEST_TIMEOUT_S = 30.0  # detserve's own default, for the p99 goal when --server-arg does not set it
 
 
+def measure_ceiling(folder, duration_s):
+    """The raw pipeline ceiling's figures (studies.ceiling's Ceiling as a dict), from a run of its own."""
+    command = [sys.executable, "-m", "studies.ceiling", str(Path(folder).resolve()), "--duration", str(duration_s),
+               "--model-dir", str(REPO_ROOT / "yolo_tiny_configs"), "--json"]
+    proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"studies.ceiling exited with {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout)
+
+
 def one_run(folder, clients, duration_s, workers, server_args, ceiling_duration_s):
-    model_dir = str(REPO_ROOT / "yolo_tiny_configs")
     # The ceiling is measured before and after the server, and their mean is the
     # yardstick: a shared machine's speed drifts within a run, and one side of
     # the ratio should not get the fast minute and the other the slow one.
-    before = ceiling_bench.measure(folder, model_dir, duration_s=ceiling_duration_s)
+    before = measure_ceiling(folder, ceiling_duration_s)
     images = load_folder(folder)
     loads = {}
     with ServerProcess("--workers", str(workers), *server_args) as server:
         for count in clients:
             loads[count] = run_load(images, server.api_url, count, duration_s=duration_s, warmup=count)
         startup_s = server.startup_s
-    after = ceiling_bench.measure(folder, model_dir, duration_s=ceiling_duration_s)
+    after = measure_ceiling(folder, ceiling_duration_s)
+    ceilings_img_per_s = [before["throughput_img_per_s"], after["throughput_img_per_s"]]
     return {
-        "ceiling_img_per_s": statistics.mean([before.throughput_img_per_s, after.throughput_img_per_s]),
-        "ceiling_before_after_img_per_s": [before.throughput_img_per_s, after.throughput_img_per_s],
-        "single_image_latency_ms": statistics.mean([before.single_image_latency_ms, after.single_image_latency_ms]),
+        "ceiling_img_per_s": statistics.mean(ceilings_img_per_s),
+        "ceiling_before_after_img_per_s": ceilings_img_per_s,
+        "single_image_latency_ms": statistics.mean([before["single_image_latency_ms"],
+                                                    after["single_image_latency_ms"]]),
         "startup_s": startup_s,
         "clients": {
             count: {"img_per_s": s.throughput_img_per_s, "p50_ms": s.latency_p50_ms, "p99_ms": s.latency_p99_ms,
@@ -328,7 +339,7 @@ def _run_note(run, clients):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.perf", description=__doc__.split("\n\n")[0])
     parser.add_argument("folder")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only", type=_parts, default=list(PARTS), metavar="PARTS",

@@ -1,0 +1,17 @@
+"""One-off measurements of detserve, run from a checkout: `python -m studies.NAME` at the repository root.
+
+Not the load client (that is `bench`, installed with detserve) and not
+shipped in the package: each study is a script that reports figures.
+
+ceiling           the raw pipeline: the worker's own path in bare processes, no server
+perf              detserve against that ceiling: small images, 12 MP images, overload
+decode_accuracy   detections with --decode-reduction auto against off
+decode_memory     a worker's peak memory after one large upload, auto against off
+front_end_memory  the front end's memory with every connection and body byte it allows
+multi_image       one 16-image request against 16 single requests
+soak              thousands of requests, and the resident memory of every process
+
+A study drives the server through bench (ServerProcess, run_load) or, when it
+needs what a worker does without the server, detserve.worker.pipeline; no
+study imports another.
+"""
