@@ -25,7 +25,8 @@ from typing import Optional, Tuple
 
 from ..config import Config
 from ..model_files import DEFAULT_MODEL_DIR
-from ..protocol import BusyFlags, TaskHeader, decode_task_header, encode_task_header
+from ..busy_flags import BusyFlags
+from ..protocol import TaskHeader, decode_task_header, encode_task_header
 from .batch_runner import BatchRunner
 from .cpu_budget import available_cpus
 from .detector import Detection, Detector
@@ -79,7 +80,7 @@ class Pipeline:
         task_id, now_s = next(self._task_ids), time.monotonic()
         header = TaskHeader(task_id=task_id, request_id=f"pipeline-{task_id}", media_type=media_type,
                             query_image_id=None, enqueued_at_s=now_s,
-                            deadline_s=now_s + self.config.request_timeout_s,
+                            deadline_at_s=now_s + self.config.request_timeout_s,
                             query_options={name: str(value) for name, value in (options or {}).items()})
         header = decode_task_header(encode_task_header(header))  # what a worker reads off its pipe
         self._busy_flags.mark_busy(WORKER_INDEX)  # as a worker does, so its OpenCV threads are chosen alike
