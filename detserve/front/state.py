@@ -9,9 +9,10 @@ from .body_budget import BodyBudget
 
 
 class ServerState:
-    def __init__(self, config, pool, metrics, labels=()):
+    def __init__(self, config, pool, metrics, labels=(), model_names=("yolov3-tiny",)):
         self.config = config
         self.labels = tuple(labels)  # the model's class labels, for GET /api/labels
+        self.model_names = tuple(model_names)  # the models the workers serve; the first is the default
         self.pool = pool
         self.metrics = metrics
         self.body_budget = BodyBudget(config.max_body_buffer_bytes)
