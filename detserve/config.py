@@ -43,6 +43,7 @@ class Config:
     model_dir: str = str(DEFAULT_MODEL_DIR)
     cv_threads: int = 0
     api_key: str = ""
+    allow_origin: str = ""  # comma-separated origins whose pages may POST here from a browser
     log_format: str = "text"
 
     @property
@@ -52,6 +53,10 @@ class Config:
     @property
     def max_body_buffer_bytes(self):
         return int(self.max_body_buffer_mb * 1024 * 1024)
+
+    @property
+    def allowed_origins(self):
+        return frozenset(origin.strip() for origin in self.allow_origin.split(",") if origin.strip())
 
     @property
     def max_wait_s(self):
@@ -87,6 +92,8 @@ HELP = {
     "model_dir": "folder with yolov3-tiny.cfg, yolov3-tiny.weights and coco.names",
     "cv_threads": "OpenCV threads per forward pass (0: adapt to how many workers are busy)",
     "log_format": "access log format",
+    "allow_origin": "comma-separated origins (scheme://host[:port]) whose web pages may send detection requests "
+                    "from a browser; any other cross-site browser request is refused with 403",
 }
 
 

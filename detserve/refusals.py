@@ -24,6 +24,7 @@ class RejectReason(enum.Enum):
     WORKER_DIED = "worker_died"
     WORKER_STUCK = "worker_stuck"
     UNAUTHORIZED = "unauthorized"
+    CROSS_SITE = "cross_site"
     INFERENCE_ERROR = "inference_error"
     INTERNAL_ERROR = "internal_error"
 
@@ -82,6 +83,11 @@ def not_acceptable(message):
 
 def unauthorized(message, challenge='Bearer realm="detserve"'):
     return Refusal(401, message, RejectReason.UNAUTHORIZED, headers={"WWW-Authenticate": challenge}, close=True)
+
+
+def cross_site(origin):
+    return Refusal(403, f"a page at {origin[:100]!r} may not send work to this server from a browser; "
+                        "its operator can allow that origin with --allow-origin", RejectReason.CROSS_SITE, close=True)
 
 
 def not_found(message):

@@ -9,13 +9,15 @@ route takes is its wire format's to say, and the body is the workers' to parse.
 import hmac
 import re
 
-from ..refusals import bad_request, draining, length_required, too_large, unauthorized, unsupported_media_type
+from ..refusals import (bad_request, cross_site, draining, length_required, too_large, unauthorized,
+                        unsupported_media_type)
 
 CONTENT_LENGTH = re.compile(r"[ \t]*[0-9]{1,12}[ \t]*")  # ASCII digits only: int() would take '²'
 
 
 def admit(headers, config, is_draining):
     """The declared body length of a request that may be read, or raise its Refusal."""
+    check_not_cross_site(headers, config.allowed_origins)
     if config.api_key:
         check_authorized(headers, config.api_key)
     if is_draining:
@@ -28,6 +30,30 @@ def check_authorized(headers, api_key):
     # compare_digest takes the same time wherever the strings differ.
     if scheme.lower() != "bearer" or not hmac.compare_digest(provided.strip().encode(), api_key.encode()):
         raise unauthorized("missing or wrong API key; send 'Authorization: Bearer <key>'")
+
+
+def check_not_cross_site(headers, allowed_origins):
+    """Refuse work a browser sends on behalf of another site's page.
+
+    A POST with a form or raw body is a "simple" request: a browser sends it
+    cross-site without asking first, so any web page could make its visitors'
+    browsers submit images to a detserve on their machine or intranet. Browsers
+    say where a request comes from (Sec-Fetch-Site, Origin); clients that are
+    not browsers send neither and are not affected, and neither is detserve's
+    own page, whose requests are same-origin.
+    """
+    origin = headers.get("Origin")
+    if origin is not None and origin in allowed_origins:
+        return
+    if headers.get("Sec-Fetch-Site", "").strip().lower() == "cross-site":
+        raise cross_site(origin or "another site")
+    if origin is not None and origin.lower() not in _own_origins(headers.get("Host", "")):
+        raise cross_site(origin)
+
+
+def _own_origins(host):
+    host = host.strip().lower()
+    return {f"http://{host}", f"https://{host}"}
 
 
 def body_length(headers, max_body_bytes):
