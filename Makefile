@@ -135,7 +135,7 @@ deploy: kube-check
 
 deploy-all: deploy
 	$(KUBECTL) apply -f $(MANIFESTS)/service-loadbalancer.yml -f $(MANIFESTS)/service-clusterip.yml -f $(MANIFESTS)/ingress.yml
-	@$(KUBECTL) get ingressclass nginx >/dev/null 2>&1 || echo "note: no IngressClass 'nginx' in this cluster: install the ingress-nginx controller for ingress.yml to route (see README, Deployment)"
+	@$(KUBECTL) get ingressclass nginx >/dev/null 2>&1 || echo "note: no IngressClass 'nginx' in this cluster: install the ingress-nginx controller for ingress.yml to route (see docs/deployment.md)"
 	@$(KUBECTL) get service detserve-nodeport detserve-loadbalancer detserve-clusterip
 	@$(KUBECTL) get ingress detserve
 	@echo "NodePort:      http://localhost:$(NODEPORT)/api/"

@@ -1,4 +1,4 @@
-"""The structure the README draws, checked: the front end never loads OpenCV or numpy, test
+"""The structure docs/architecture.md draws, checked: the front end never loads OpenCV or numpy, test
 modules stand alone, the studies stay apart, and no class or function in detserve/ has grown to
 do several jobs.
 """

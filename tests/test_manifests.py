@@ -31,7 +31,7 @@ EXPECTED_FILES = {
 KUBERNETES_VERSIONS = (kubernetes_validate.latest_version(), "1.30.0")
 APP_NAME = "detserve"
 NODE_PORT = 30008
-# A worker is ~340 MB after its first forward pass (README, "What a pod is"); measured peaks
+# A worker is ~340 MB after its first forward pass (docs/deployment.md, "What a pod is"); measured peaks
 # with max batch 4 and 16 MP uploads are ~615 MiB a worker plus the front end
 # (see the comment at resources in deployment.yml).
 MEMORY_PER_WORKER_MIB = 640
