@@ -6,7 +6,7 @@ bodies of --max-body-mb each, all but their last byte sent, until
 --max-body-buffer-mb is reserved; and the rest of --max-connections with
 request heads of just under 32 KiB that never end. It prints the front end's
 resident memory (VmRSS, and the peak VmHWM) before and after, next to the
-README's formula: 35 MB + 1.125 x body budget + 0.15 MB x connections.
+formula in docs/architecture.md: 35 MB + 1.125 x body budget + 0.15 MB x connections.
 """
 
 import argparse

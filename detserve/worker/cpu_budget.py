@@ -41,7 +41,7 @@ def threads_for_batch(cpus, busy_workers, fixed_threads=0):
     """All CPUs for a worker that is alone, one each when every worker is busy.
 
     Latency at low load wants every core on one image; throughput at high load
-    wants one single-threaded worker per core (measured: README, Performance).
+    wants one single-threaded worker per core (measured: docs/performance.md).
     """
     if fixed_threads:
         return fixed_threads

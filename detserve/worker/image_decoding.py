@@ -21,7 +21,7 @@ from .image_header import ImageHeaderError, read_header
 # full one (libjpeg's DCT scaling filters differently from a resize). At 1.5 x
 # 416 a 12 MP photo decodes at 1/4 (1008x756: 13 ms instead of 23 ms at 1/2 and
 # 56 ms in full, 1 thread), a 1080p frame and anything with a side under 1248 px
-# keep exact parity with a full decode, and detections stay put (README).
+# keep exact parity with a full decode, and detections stay put (docs/performance.md).
 MIN_REDUCED_SIDE_PX = 624
 # Each scan of a progressive JPEG walks every coefficient again, at a reduced
 # scale too: decoding costs about 0.8 ns per pixel per scan on the 2-core CPU
