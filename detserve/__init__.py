@@ -5,8 +5,9 @@ import OpenCV or numpy; worker/ is everything that runs in a worker process.
 
     client ──HTTP──▶ front/  (main process; one handler thread per connection)
                        │ http_server.DetectionHTTPServer accepts; handler routes;
-                       │ admission checks auth, framing, media type and refuses
-                       │ with a typed Refusal; body_reader reads the raw body
+                       │ exchange runs a detection request in any of formats/:
+                       │ admission (cross-site, auth, framing), request_options,
+                       │ body_budget, body_reader (the raw body), submit, wait
                        ▼
                      pool/   (main process)
                        │ WorkerPool.submit ─▶ RequestQueue (bounded: requests, bytes)
@@ -17,8 +18,9 @@ import OpenCV or numpy; worker/ is everything that runs in a worker process.
                      worker/ (one process per slot, spawned)
                        │ main.worker_main: boot (load the model once), then loop:
                        │ batch_collection takes 1 task and what else is queued;
-                       │ batch_runner parses (request_parsing), checks the header
-                       │ (image_header), decodes, runs detector in one forward pass
+                       │ batch_runner: task_preparation parses (formats/), checks the
+                       │ header (image_header), decodes; detector runs one forward
+                       │ pass; formats/ builds each answer; failures maps exceptions
                        ▼
           result pipe 0 … result pipe N-1
                        ▼
@@ -29,8 +31,8 @@ import OpenCV or numpy; worker/ is everything that runs in a worker process.
 - server.run composes these parts, owns the signals and is the one place
   that decides to exit (HaltServer).
 - protocol holds what crosses the process boundary (TaskHeader, Result,
-  WorkerReady, WorkerBootFailed, BusyFlags) and the closed sets every process
-  shares (RejectReason, Refusal, ExitCode).
+  WorkerReady, WorkerBootFailed) and ExitCode; refusals is the catalogue of
+  every Refusal and its RejectReason; busy_flags is the shared-memory flags.
 - config, metrics, logs and model_files serve every part.
 """
 
