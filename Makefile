@@ -6,16 +6,20 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKERS ?= 2
 PORT ?= 5050
+# The models to serve and fetch (the server's --models); empty: DETSERVE_MODELS, else yolov3-tiny alone.
+MODELS ?=
+# The suite tests every registered model, so `make test` fetches all of them.
+TEST_MODELS := yolov3-tiny,yolov4-tiny
 # Stamps record what is installed, so each target installs only what it lacks.
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 STAMP := $(VENV)/.test-installed
 
-.PHONY: help install models run test bench calibrate ceiling perf clean
+.PHONY: help install models test-models run test bench calibrate ceiling perf clean
 
 help:
 	@echo "make run          serve on :$(PORT) with $(WORKERS) workers (installs and fetches the model first)"
 	@echo "make test         install the test dependencies, fetch the model, run the test suite"
-	@echo "make models       fetch and verify the YOLOv3-tiny files"
+	@echo "make models       fetch and verify the files of the configured models (MODELS=yolov3-tiny,yolov4-tiny)"
 	@echo "make bench        load-test a running server: URL=... THREADS=..."
 	@echo "make calibrate    measure the cost per image at batch sizes 1, 2, 4, 8 and suggest flags"
 	@echo "make ceiling      the raw pipeline ceiling of this machine (no server)"
@@ -39,12 +43,15 @@ $(STAMP): $(RUNTIME_STAMP) setup.cfg
 install: $(RUNTIME_STAMP)
 
 models: $(RUNTIME_STAMP)
-	$(PY) -m detserve.model_files
+	$(PY) -m detserve.model_files $(if $(MODELS),--models $(MODELS))
+
+test-models: $(RUNTIME_STAMP)
+	$(PY) -m detserve.model_files --models $(TEST_MODELS)
 
 run: models
 	$(PY) -m detserve --workers $(WORKERS) --port $(PORT)
 
-test: $(STAMP) models
+test: $(STAMP) test-models
 	$(PY) -m pytest tests
 
 URL ?= http://127.0.0.1:$(PORT)/api/

@@ -34,7 +34,7 @@ class Detector:
     def __init__(self, model_dir, confidence_threshold=0.3, nms_threshold=0.1):
         model_dir = Path(model_dir)
         self.net = cv2.dnn.readNetFromDarknet(
-            str(model_dir / model_files.CONFIG.name), str(model_dir / model_files.WEIGHTS.name))
+            str(model_dir / model_files.YOLOV3_TINY.config.name), str(model_dir / model_files.YOLOV3_TINY.weights.name))
         self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
         self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
         self.output_names = self.net.getUnconnectedOutLayersNames()
