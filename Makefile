@@ -49,7 +49,7 @@ test-models: $(RUNTIME_STAMP)
 	$(PY) -m detserve.model_files --models $(TEST_MODELS)
 
 run: models
-	$(PY) -m detserve --workers $(WORKERS) --port $(PORT)
+	$(PY) -m detserve --workers $(WORKERS) --port $(PORT) $(if $(MODELS),--models $(MODELS))
 
 test: $(STAMP) test-models
 	$(PY) -m pytest tests

@@ -9,11 +9,15 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from . import model_files
 from .model_files import DEFAULT_MODEL_DIR
 
 ENV_PREFIX = "DETSERVE_"
 # auto: reduced-scale decoding of large JPEGs (worker/image_decoding.jpeg_reduction); off: exact reproduction.
 DECODE_REDUCTION_CHOICES = ("auto", "off")
+# agnostic: one NMS over every box, whatever its class (the original project's answers);
+# per_class: boxes suppress only boxes of their own class, as darknet and YOLOv5 do.
+NMS_MODE_CHOICES = ("agnostic", "per_class")
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,8 @@ class Config:
     decode_reduction: str = "auto"
     confidence: float = 0.3
     nms: float = 0.1
+    nms_mode: str = "agnostic"
+    models: str = model_files.DEFAULT_MODELS  # as written; model_choices is what it means
     model_dir: str = str(DEFAULT_MODEL_DIR)
     cv_threads: int = 0
     api_key: str = ""
@@ -61,6 +67,11 @@ class Config:
     @property
     def max_wait_s(self):
         return self.max_wait_ms / 1000.0
+
+    @property
+    def model_choices(self):
+        """The models to serve, as model_files.ModelChoice, the default first (load_config has checked them)."""
+        return model_files.parse_model_choices(self.models)
 
     def public_view(self):
         """The settings as a dict that is safe to log: the API key is never shown."""
@@ -89,7 +100,14 @@ HELP = {
                         "(boxes stay in the original's pixels); off: always decode in full",
     "confidence": "confidence threshold for a detection",
     "nms": "non-maximum suppression IoU threshold",
-    "model_dir": "folder with yolov3-tiny.cfg, yolov3-tiny.weights and coco.names",
+    "nms_mode": "agnostic: a box suppresses any overlapping box of lower confidence; "
+                "per_class: only one of its own class (darknet's and YOLOv5's way)",
+    "models": "comma-separated models to load, the first the default: "
+              f"{', '.join(model_files.MODELS)}, each optionally at another input size, NAME@SIZE "
+              f"(SIZE a multiple of {model_files.INPUT_SIZE_STEP_PX} from {model_files.MIN_INPUT_SIZE_PX} "
+              f"to {model_files.MAX_INPUT_SIZE_PX}, e.g. yolov4-tiny@320)",
+    "model_dir": "folder with every model's files (yolov3-tiny.cfg, yolov3-tiny.weights, coco.names, ...); "
+                 "`python -m detserve.model_files --models ...` fetches them",
     "cv_threads": "OpenCV threads per forward pass (0: adapt to how many workers are busy)",
     "log_format": "access log format",
     "allow_origin": "comma-separated origins (scheme://host[:port]) whose web pages may send detection requests "
@@ -104,7 +122,7 @@ def _env_default(name, default):
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m detserve",
-        description="Object-detection HTTP service (YOLOv3-tiny on OpenCV). "
+        description="Object-detection HTTP service (darknet YOLO models on OpenCV). "
                     "Every flag also reads DETSERVE_<FLAG> from the environment; flags win.",
     )
     for field in fields(Config):
@@ -118,6 +136,8 @@ def build_parser():
             kwargs["choices"] = ("text", "json")
         if field.name == "decode_reduction":
             kwargs["choices"] = DECODE_REDUCTION_CHOICES
+        if field.name == "nms_mode":
+            kwargs["choices"] = NMS_MODE_CHOICES
         parser.add_argument(flag, **kwargs)
     parser.add_argument(
         "--api-key-file", default=_env_default("api_key_file", None),
@@ -162,4 +182,8 @@ def validate(config):
         return "--max-wait-ms and --cv-threads cannot be negative"
     if not (0 < config.confidence < 1 and 0 < config.nms <= 1):
         return "--confidence must be in (0, 1) and --nms in (0, 1]"
+    try:
+        config.model_choices
+    except ValueError as exc:
+        return str(exc)
     return None

@@ -72,12 +72,13 @@ def run(config):
 
 def _compose(config):
     """Build every part, each handed what it uses: (ServerState, DetectionHTTPServer)."""
+    choices = config.model_choices
     try:
-        model_files.verify(config.model_dir)
+        model_files.verify(config.model_dir, model_files.models_of(choices))
     except model_files.ModelFileError as exc:
         log.error("%s", exc)
         raise HaltServer(str(exc), ExitCode.CONFIG_ERROR) from None
-    labels = model_files.read_labels(config.model_dir)
+    labels = model_files.read_labels(config.model_dir, choices[0].model)  # the default model's
     metrics = ServerMetrics(labels, config.workers)
     state = ServerState(config, WorkerPool(config, worker_main, metrics), metrics, labels)
     try:
