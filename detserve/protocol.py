@@ -19,7 +19,7 @@ workers share, in ``busy_flags``.
 import enum
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from .refusals import RejectReason
 
@@ -103,7 +103,8 @@ class Result:
 class WorkerReady:
     worker_index: int
     pid: int
-    load_time_s: float
+    load_time_s: float  # every model's, from the first load to the last warm-up
+    load_time_s_by_model: Dict[str, float] = field(default_factory=dict)  # model name -> its load and warm-up
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import cv2
 
-from .detector import Detector
-from ..model_files import DEFAULT_MODEL_DIR, ModelFileError, verify
+from .detector import Detector, PostProcessing
+from ..config import Config
+from ..model_files import DEFAULT_MODEL, DEFAULT_MODEL_DIR, ModelFileError, parse_model_choice, verify
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BATCH_SIZES = (1, 2, 4, 8)
@@ -30,11 +31,12 @@ def measure(detector, images, batch_sizes=BATCH_SIZES, rounds=5, threads=1):
     per_image_ms = {}
     for size in batch_sizes:
         batch = [images[i % len(images)] for i in range(size)]
-        detector.detect_batch(batch)  # allocate this shape's buffers before timing
+        served = [PostProcessing(Config.confidence, Config.nms)] * size  # the server's defaults
+        detector.detect_batch(batch, None, served)  # allocate this shape's buffers before timing
         timings = []
         for _ in range(rounds):
             started = time.perf_counter()
-            detector.detect_batch(batch)
+            detector.detect_batch(batch, None, served)
             timings.append((time.perf_counter() - started) * 1000 / size)
         per_image_ms[size] = statistics.median(timings)
     return per_image_ms
@@ -62,12 +64,18 @@ def load_images(folder):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m detserve.calibrate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
+    parser.add_argument("--model", default=DEFAULT_MODEL.name,
+                        help="the model to measure, NAME or NAME@SIZE as in --models (default %(default)s)")
     parser.add_argument("--images", default=str(REPO_ROOT / "inputfolder"))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="cv2 threads (1 = a worker under full load)")
     args = parser.parse_args(argv)
     try:
-        verify(args.model_dir)
+        choice = parse_model_choice(args.model)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        verify(args.model_dir, (choice.model,))
     except ModelFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -75,10 +83,10 @@ def main(argv=None):
     if not images:
         print(f"error: no JPEG or PNG images in {args.images}", file=sys.stderr)
         return 2
-    detector = Detector(args.model_dir)
+    detector = Detector(args.model_dir, choice)
     detector.warm_up()
     per_image_ms = measure(detector, images, rounds=args.rounds, threads=args.threads)
-    print(f"cv2 threads: {args.threads}; median of {args.rounds} rounds")
+    print(f"{choice.name}; cv2 threads: {args.threads}; median of {args.rounds} rounds")
     print(f"{'batch':>5}  {'ms/image':>9}  {'vs batch 1':>10}")
     for size, cost in per_image_ms.items():
         print(f"{size:>5}  {cost:>9.1f}  {cost / per_image_ms[1]:>9.2f}x")

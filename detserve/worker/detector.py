@@ -1,21 +1,25 @@
-"""YOLOv3-tiny on cv2.dnn: load once, run a batch, turn raw rows into detections.
+"""A darknet YOLO model on cv2.dnn: load once, run a batch, turn raw rows into detections.
 
-Post-processing follows the original assignment's detector exactly (class =
-argmax of the class scores, confidence = that score, boxes truncated to int,
-class-agnostic NMS), but vectorised with numpy: the 2,535 candidate rows of
-an image are filtered in one step instead of a Python loop.
+One Detector is one model at one input size (a model_files.ModelChoice); a
+worker may hold several. Post-processing follows the original project's
+detector exactly (class = argmax of the class scores, confidence = that
+score, boxes truncated to int), vectorised with numpy: the thousands of
+candidate rows of an image are filtered in one step instead of a Python loop.
+NMS is class-agnostic by default, as the original's was; per_class keeps a
+box that overlaps only boxes of other classes, as darknet and YOLOv5 do.
 """
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 
 from .. import model_files
 
-INPUT_SIZE_PX = 416
 PIXEL_SCALE = 1 / 255.0
+NMS_MODES = ("agnostic", "per_class")
 
 
 @dataclass(frozen=True)
@@ -28,65 +32,78 @@ class Detection:
         return {"label": self.label, "confidence": self.confidence, "bbox": list(self.bbox)}
 
 
-class Detector:
-    """One loaded network. Not thread-safe: one per worker process."""
+class PostProcessing(NamedTuple):
+    """What one image asks of the rows the forward pass gave it; a plain (confidence, nms) pair also works."""
 
-    def __init__(self, model_dir, confidence_threshold=0.3, nms_threshold=0.1):
+    confidence: float  # keep a candidate whose class score is above this
+    nms: float  # IoU above which the less confident of two boxes is suppressed
+    nms_mode: str = "agnostic"  # which boxes may suppress each other: any two, or two of one class
+
+
+class Detector:
+    """One loaded network at one input size. Not thread-safe: one per model per worker process."""
+
+    def __init__(self, model_dir, choice):
+        """choice: a model_files.ModelChoice (its files, found in model_dir, and its input size)."""
         model_dir = Path(model_dir)
-        self.net = cv2.dnn.readNetFromDarknet(
-            str(model_dir / model_files.YOLOV3_TINY.config.name), str(model_dir / model_files.YOLOV3_TINY.weights.name))
+        model = choice.model
+        self.name = choice.name
+        self.input_size_px = choice.input_size_px
+        self.weights_sha256 = model.weights.sha256
+        self.net = cv2.dnn.readNetFromDarknet(str(model_dir / model.config.name), str(model_dir / model.weights.name))
         self.net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
         self.net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
         self.output_names = self.net.getUnconnectedOutLayersNames()
-        self.labels = model_files.read_labels(model_dir)
-        self.confidence_threshold = confidence_threshold
-        self.nms_threshold = nms_threshold
+        self.labels = model_files.read_labels(model_dir, model)
 
     def warm_up(self):
-        """Run one forward pass so the first request does not pay for buffer allocation."""
-        self.detect_batch([np.zeros((INPUT_SIZE_PX, INPUT_SIZE_PX, 3), np.uint8)])
+        """Run one forward pass so the first request does not pay for building the network."""
+        side = self.input_size_px
+        self.detect_batch([np.zeros((side, side, 3), np.uint8)], None, [PostProcessing(0.5, 0.5)])
 
-    def detect_batch(self, images, original_sizes_px=None, thresholds=None):
+    def network_input(self, image):
+        """The image at this model's input size (see network_input)."""
+        return network_input(image, self.input_size_px)
+
+    def detect_batch(self, images, original_sizes_px, post_processing):
         """Return one list of Detection per BGR image, in order; one forward pass for all.
 
         original_sizes_px: (width, height) per image to give boxes in, when an image was
-        decoded reduced; by default each image's own size. thresholds: (confidence, nms)
-        per image, by default the detector's own; they act after the forward pass only,
-        so an image's answer does not depend on what else is in its batch.
+        decoded reduced; None: each image's own size. post_processing: one PostProcessing
+        (or (confidence, nms) pair) per image; it acts after the forward pass only, so an
+        image's answer does not depend on what else is in its batch.
         """
         if original_sizes_px is None:
             original_sizes_px = [(image.shape[1], image.shape[0]) for image in images]
-        if thresholds is None:
-            thresholds = [(self.confidence_threshold, self.nms_threshold)] * len(images)
-        if not len(original_sizes_px) == len(thresholds) == len(images):
+        settings = [PostProcessing(*each) for each in post_processing]
+        if not len(original_sizes_px) == len(settings) == len(images):
             raise ValueError(f"{len(images)} images but {len(original_sizes_px)} original sizes "
-                             f"and {len(thresholds)} thresholds")
-        blob = cv2.dnn.blobFromImages(
-            images, PIXEL_SCALE, (INPUT_SIZE_PX, INPUT_SIZE_PX), swapRB=True, crop=False)
+                             f"and {len(settings)} post-processing settings")
+        for each in settings:
+            if each.nms_mode not in NMS_MODES:
+                raise ValueError(f"nms_mode must be one of {', '.join(NMS_MODES)}, not {each.nms_mode!r}")
+        side = self.input_size_px
+        blob = cv2.dnn.blobFromImages(images, PIXEL_SCALE, (side, side), swapRB=True, crop=False)
         self.net.setInput(blob)
         outputs = self.net.forward(self.output_names)
         # A batch of one comes back 2-D (rows, 85); larger batches are 3-D (batch, rows, 85).
         per_layer = [out.reshape(len(images), -1, out.shape[-1]) for out in outputs]
         return [
-            self.postprocess(np.concatenate([layer[i] for layer in per_layer]), size_px, *image_thresholds)
-            for i, (size_px, image_thresholds) in enumerate(zip(original_sizes_px, thresholds))
+            self.postprocess(np.concatenate([layer[i] for layer in per_layer]), size_px, image_settings)
+            for i, (size_px, image_settings) in enumerate(zip(original_sizes_px, settings))
         ]
 
-    def postprocess(self, rows, image_size_px, confidence_threshold=None, nms_threshold=None):
+    def postprocess(self, rows, image_size_px, settings):
         """Rows of (cx, cy, w, h, objectness, class scores...) -> NMS-filtered detections.
 
         The rows' coordinates are fractions of the image, so scaling them by the original
         (width, height) gives boxes in the original's pixels even for a reduced decode.
         """
-        if confidence_threshold is None:
-            confidence_threshold = self.confidence_threshold
-        if nms_threshold is None:
-            nms_threshold = self.nms_threshold
         width, height = image_size_px
         class_scores = rows[:, 5:]
         class_ids = class_scores.argmax(axis=1)
         confidences = class_scores[np.arange(len(rows)), class_ids]
-        keep = confidences > confidence_threshold
+        keep = confidences > settings.confidence
         if not keep.any():
             return []
         rows, class_ids, confidences = rows[keep], class_ids[keep], confidences[keep]
@@ -96,8 +113,12 @@ class Detector:
         left = (centre_x - box_w / 2).astype(int)
         top = (centre_y - box_h / 2).astype(int)
         boxes = np.stack([left, top, box_w, box_h], axis=1)
-        kept = cv2.dnn.NMSBoxes(boxes.tolist(), confidences.tolist(),
-                                confidence_threshold, nms_threshold)
+        if settings.nms_mode == "agnostic":
+            kept = cv2.dnn.NMSBoxes(boxes.tolist(), confidences.tolist(), settings.confidence, settings.nms)
+        else:
+            # One NMS per class (OpenCV shifts each class's boxes apart), most confident first like NMSBoxes.
+            kept = cv2.dnn.NMSBoxesBatched(boxes.tolist(), confidences.tolist(), class_ids.tolist(),
+                                           settings.confidence, settings.nms)
         detections = []
         for i in np.asarray(kept).reshape(-1):
             detections.append(Detection(
@@ -108,16 +129,17 @@ class Detector:
         return detections
 
 
-def network_input(image):
-    """The image at the network's input size, exactly as blobFromImages would resize it.
+def network_input(image, input_size_px=model_files.DEFAULT_MODEL.input_size_px):
+    """The image at a network's square input size, exactly as blobFromImages would resize it.
 
     Resizing once right after decoding lets a worker drop a large decoded image
     before the batch runs: several images of one request are never all held at
     full size. blobFromImages then finds the size right and does not resize again.
+    Without a size, the default model's: Detector.network_input is the same for its own model.
     """
-    if image.shape[:2] == (INPUT_SIZE_PX, INPUT_SIZE_PX):
+    if image.shape[:2] == (input_size_px, input_size_px):
         return image
-    return cv2.resize(image, (INPUT_SIZE_PX, INPUT_SIZE_PX), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(image, (input_size_px, input_size_px), interpolation=cv2.INTER_LINEAR)
 
 
 def clip_box(box, width, height):

@@ -1,4 +1,4 @@
-"""One worker process: load the model once, then collect, run and answer batches until told to stop.
+"""One worker process: load every configured model once, then collect, run and answer batches until told to stop.
 
 The worker owns no HTTP: it reads (TaskHeader, body) pairs from its task pipe
 and writes lists of Result to its result pipe. Importing this module loads
@@ -59,22 +59,36 @@ def release_freed_memory():
 
 
 def _boot(worker_index, result_conn, busy_flags, config):
-    """Load the model and report ready; on any failure report it and exit."""
+    """Load every configured model, run one forward pass on each, and report ready; on any failure report it and exit."""
     # OpenCV's own pixel limit, read when cv2 is first imported: a second guard
     # behind the header check, applied to the frame size libjpeg/libpng really read.
     os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(config.max_pixels)
     try:
         from .batch_runner import BatchRunner
-        from .detector import Detector
 
-        # The load time includes the first forward pass: OpenCV builds the network there.
-        load_started_s = time.perf_counter()
-        detector = Detector(config.model_dir, config.confidence, config.nms)
-        detector.warm_up()
-        load_time_s = time.perf_counter() - load_started_s
+        detectors, load_times_s = load_models(config)
     except BaseException as exc:  # a model that cannot load is fatal for the server, not a respawn loop
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # OpenCV's messages span lines
         result_conn.send(WorkerBootFailed(worker_index, reason))
         sys.exit(ExitCode.WORKER_BOOT_ERROR)
-    result_conn.send(WorkerReady(worker_index, os.getpid(), load_time_s))
-    return BatchRunner(detector, busy_flags, config)
+    result_conn.send(WorkerReady(worker_index, os.getpid(), sum(load_times_s.values()), load_times_s))
+    # The batch runner serves the default model (the first); the others are loaded and warmed
+    # so that readiness means every model works, and are held in detectors for the request path.
+    return BatchRunner(next(iter(detectors.values())), busy_flags, config)
+
+
+def load_models(config):
+    """({model name: Detector}, {model name: seconds}) for config.model_choices, the default first.
+
+    A model's load time includes its first forward pass: OpenCV builds the network there.
+    """
+    from .detector import Detector
+
+    detectors, load_times_s = {}, {}
+    for choice in config.model_choices:
+        started_s = time.perf_counter()
+        detector = Detector(config.model_dir, choice)
+        detector.warm_up()
+        load_times_s[choice.name] = time.perf_counter() - started_s
+        detectors[choice.name] = detector
+    return detectors, load_times_s

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from ..config import Config
-from ..model_files import DEFAULT_MODEL_DIR
+from ..model_files import DEFAULT_MODEL, DEFAULT_MODEL_DIR, parse_model_choice
 from ..busy_flags import BusyFlags
 from ..protocol import TaskHeader, decode_task_header, encode_task_header
 from .batch_runner import BatchRunner
@@ -37,9 +37,12 @@ __all__ = ["Answer", "ImageFacts", "Pipeline", "available_cpus", "load_detector"
 WORKER_INDEX = 0  # this process plays the one worker of a one-worker pool
 
 
-def load_detector(model_dir=DEFAULT_MODEL_DIR):
-    """The model loaded and run once, as a worker's boot does; Pipelines with other settings may share it."""
-    detector = Detector(model_dir)
+def load_detector(model_dir=DEFAULT_MODEL_DIR, model=DEFAULT_MODEL.name):
+    """The model loaded and run once, as a worker's boot does; Pipelines with other settings may share it.
+
+    model: one --models entry, NAME or NAME@SIZE.
+    """
+    detector = Detector(model_dir, parse_model_choice(model))
     detector.warm_up()
     return detector
 
