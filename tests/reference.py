@@ -1,5 +1,9 @@
 """An independent single-image reference detector, written the way the original
 assignment's detector was (a Python loop over every candidate row), for parity tests.
+
+It reads the darknet files by their conventional names, runs OpenCV directly
+at the input size it is given, and does its own NMS: one class-agnostic pass
+(the original's) or one pass per class, merged most confident first.
 """
 
 import functools
@@ -12,20 +16,21 @@ from detserve.model_files import DEFAULT_MODEL_DIR
 CONFIDENCE, NMS = 0.3, 0.1
 
 
-@functools.lru_cache(maxsize=1)
-def _network():
-    net = cv2.dnn.readNetFromDarknet(str(DEFAULT_MODEL_DIR / "yolov3-tiny.cfg"),
-                                     str(DEFAULT_MODEL_DIR / "yolov3-tiny.weights"))
+@functools.lru_cache(maxsize=None)
+def _network(model):
+    net = cv2.dnn.readNetFromDarknet(str(DEFAULT_MODEL_DIR / f"{model}.cfg"),
+                                     str(DEFAULT_MODEL_DIR / f"{model}.weights"))
     labels = (DEFAULT_MODEL_DIR / "coco.names").read_text().strip().split("\n")
     return net, net.getUnconnectedOutLayersNames(), labels
 
 
-def reference_detections(image_bytes, confidence_threshold=CONFIDENCE, nms_threshold=NMS):
+def reference_detections(image_bytes, confidence_threshold=CONFIDENCE, nms_threshold=NMS,
+                         model="yolov3-tiny", input_size_px=416, nms_mode="agnostic"):
     """Return [(label, confidence, [x, y, w, h])] for one encoded image."""
-    net, layer_names, labels = _network()
+    net, layer_names, labels = _network(model)
     image = cv2.imdecode(np.frombuffer(image_bytes, np.uint8), cv2.IMREAD_COLOR)
     height, width = image.shape[:2]
-    net.setInput(cv2.dnn.blobFromImage(image, 1 / 255.0, (416, 416), swapRB=True, crop=False))
+    net.setInput(cv2.dnn.blobFromImage(image, 1 / 255.0, (input_size_px, input_size_px), swapRB=True, crop=False))
     boxes, confidences, class_ids = [], [], []
     for output in net.forward(layer_names):
         for detection in output:
@@ -39,8 +44,18 @@ def reference_detections(image_bytes, confidence_threshold=CONFIDENCE, nms_thres
                 boxes.append([x, y, int(box_w), int(box_h)])
                 confidences.append(float(confidence))
                 class_ids.append(class_id)
+    if nms_mode == "agnostic":
+        kept = list(np.array(cv2.dnn.NMSBoxes(boxes, confidences, confidence_threshold, nms_threshold)).flatten())
+    else:
+        kept = []
+        for class_id in sorted(set(class_ids)):
+            members = [i for i, c in enumerate(class_ids) if c == class_id]
+            survivors = cv2.dnn.NMSBoxes([boxes[i] for i in members], [confidences[i] for i in members],
+                                         confidence_threshold, nms_threshold)
+            kept.extend(members[j] for j in np.array(survivors).flatten())
+        kept.sort(key=lambda i: -confidences[i])
     found = []
-    for i in np.array(cv2.dnn.NMSBoxes(boxes, confidences, confidence_threshold, nms_threshold)).flatten():
+    for i in kept:
         x, y, w, h = boxes[i]
         right, bottom = min(x + w, width), min(y + h, height)
         x, y = max(x, 0), max(y, 0)
