@@ -83,7 +83,7 @@ class Config:
 HELP = {
     "host": "address to listen on",
     "port": "port to listen on (0 picks a free port)",
-    "workers": "worker processes, each with its own model (~340 MB resident each)",
+    "workers": "worker processes, each loading every --models model (~340 MB resident each with yolov3-tiny alone)",
     "max_batch": "most requests one worker runs in one forward pass",
     "max_wait_ms": "how long a worker waits for more requests to fill a batch (0: take only what is queued)",
     "queue_size": "requests waiting for a worker; one that finds it full waits up to 1 s for room, then gets 503",

@@ -10,6 +10,7 @@ decode_memory     a worker's peak memory after one large upload, auto against of
 front_end_memory  the front end's memory with every connection and body byte it allows
 multi_image       one 16-image request against 16 single requests
 soak              thousands of requests, and the resident memory of every process
+models            each model's worker memory, load time and forward pass per image
 
 A study drives the server through bench (ServerProcess, run_load) or, when it
 needs what a worker does without the server, detserve.worker.pipeline; no
