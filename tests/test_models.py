@@ -6,6 +6,7 @@ its answers for every model, size variant and NMS mode, alone and batched.
 """
 
 import hashlib
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -15,11 +16,13 @@ import numpy as np
 import pytest
 
 from detserve import model_files
+from detserve.busy_flags import BusyFlags
 from detserve.config import load_config
+from detserve.protocol import WorkerReady
 from detserve.model_files import (DEFAULT_MODEL_DIR, MODELS, YOLOV3_TINY, YOLOV4_TINY, ModelChoice,
                                   parse_model_choice)
 from detserve.worker.detector import Detector, PostProcessing
-from detserve.worker.main import load_models
+from detserve.worker import main as worker_main
 from reference import reference_detections
 from support import REPO_ROOT, ServerProcess, image_bytes, sample_images
 
@@ -329,13 +332,20 @@ def _iou(a, b):
 
 # -- a worker holds every configured model ------------------------------------------------------
 
-def test_load_models_loads_and_warms_each_configured_model_default_first(no_model_env):
+def test_a_worker_boot_loads_and_warms_every_model_and_reports_each_load_time(no_model_env):
     config = load_config(["--models", "yolov4-tiny@320,yolov3-tiny"])
-    detectors, load_times_s = load_models(config)
-    assert list(detectors) == list(load_times_s) == ["yolov4-tiny@320", "yolov3-tiny"]
-    assert [d.input_size_px for d in detectors.values()] == [320, 416]
-    assert [d.weights_sha256 for d in detectors.values()] == [YOLOV4_TINY.weights.sha256, YOLOV3_TINY.weights.sha256]
-    assert all(seconds > 0 for seconds in load_times_s.values())
+    no_model_env.setenv("OPENCV_IO_MAX_IMAGE_PIXELS", "0")  # _boot sets it; the test's environment gets it back
+    receiving, sending = multiprocessing.Pipe(duplex=False)
+    runner = worker_main._boot(0, sending, BusyFlags(multiprocessing.get_context(), 1), config)
+    ready = receiving.recv()
+    assert isinstance(ready, WorkerReady) and ready.pid == os.getpid()
+    assert list(ready.load_time_s_by_model) == ["yolov4-tiny@320", "yolov3-tiny"]
+    assert all(seconds > 0 for seconds in ready.load_time_s_by_model.values())
+    assert ready.load_time_s == pytest.approx(sum(ready.load_time_s_by_model.values()))
+    assert runner.detector.name == "yolov4-tiny@320"  # the default: the first listed
+    detectors, _ = worker_main.load_models(config)
+    assert [(d.name, d.input_size_px, d.weights_sha256) for d in detectors.values()] == [
+        ("yolov4-tiny@320", 320, YOLOV4_TINY.weights.sha256), ("yolov3-tiny", 416, YOLOV3_TINY.weights.sha256)]
 
 
 def test_a_server_with_both_models_is_ready_and_answers_with_the_default():
