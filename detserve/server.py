@@ -80,7 +80,8 @@ def _compose(config):
         raise HaltServer(str(exc), ExitCode.CONFIG_ERROR) from None
     labels = model_files.read_labels(config.model_dir, choices[0].model)  # the default model's
     metrics = ServerMetrics(labels, config.workers)
-    state = ServerState(config, WorkerPool(config, worker_main, metrics), metrics, labels)
+    state = ServerState(config, WorkerPool(config, worker_main, metrics), metrics, labels,
+                        model_names=[choice.name for choice in choices])
     try:
         return state, DetectionHTTPServer((config.host, config.port), state)
     except OSError as exc:
