@@ -40,7 +40,9 @@ def _escape_help(text):
 
 
 def _label_text(names, values, extra=()):
-    pairs = list(zip(names, values)) + list(extra)
+    # An empty value is no label (Prometheus reads them alike): a series that has
+    # no model, such as a GET route's, keeps the name and labels it always had.
+    pairs = [(n, v) for n, v in zip(names, values) if v != ""] + list(extra)
     if not pairs:
         return ""
     return "{" + ",".join(f'{n}="{_escape_label_value(v)}"' for n, v in pairs) + "}"
@@ -102,10 +104,11 @@ class Gauge(_Metric):
 class Histogram(_Metric):
     kind = "histogram"
 
-    def __init__(self, name, help_text, buckets, labelnames=()):
+    def __init__(self, name, help_text, buckets, labelnames=(), initial_labels=()):
         super().__init__(name, help_text, labelnames)
         self.buckets = tuple(sorted(buckets)) + (math.inf,)
-        self._series = {}  # labels -> [per-bucket counts (not cumulative), sum, count]
+        # labels -> [per-bucket counts (not cumulative), sum, count]
+        self._series = {tuple(labels): [[0] * len(self.buckets), 0.0, 0] for labels in initial_labels}
 
     def observe(self, value, *labels):
         with self._lock:
@@ -145,7 +148,7 @@ class GaugeReadings:
     queue_depth: int
     in_flight: int
     workers_ready: int
-    model_load_s: dict  # {(worker index,): seconds}
+    model_load_s: dict  # {(worker index, model name): seconds}
 
 
 class Registry:
@@ -168,11 +171,13 @@ class Registry:
 class ServerMetrics:
     """Every metric detserve exposes, in one place."""
 
-    def __init__(self, labels, workers):
+    def __init__(self, labels, workers, model_names=("yolov3-tiny",)):
         r = self.registry = Registry()
+        by_model = [(name,) for name in model_names]  # every configured model exported from the start
         self.requests = r.add(Counter(
-            "detserve_http_requests_total", "HTTP requests answered, by route and status code.",
-            ("route", "code")))
+            "detserve_http_requests_total",
+            "HTTP requests answered, by route, status code and (for a detection a model ran) model.",
+            ("route", "code", "model")))
         self.request_duration = r.add(Histogram(
             "detserve_http_request_duration_seconds", "Time from reading a request to answering it.",
             LATENCY_BUCKETS_S, ("route",)))
@@ -180,10 +185,10 @@ class ServerMetrics:
             "detserve_queue_wait_seconds", "Time a detection request waited before its batch started.",
             LATENCY_BUCKETS_S))
         self.inference = r.add(Histogram(
-            "detserve_inference_seconds", "Compute time of one batch: forward pass and post-processing.",
-            LATENCY_BUCKETS_S))
+            "detserve_inference_seconds", "Compute time of one forward pass and its post-processing, by model.",
+            LATENCY_BUCKETS_S, ("model",), by_model))
         self.batch_size = r.add(Histogram(
-            "detserve_batch_size", "Images in one forward pass.", BATCH_SIZE_BUCKETS))
+            "detserve_batch_size", "Images in one forward pass, by model.", BATCH_SIZE_BUCKETS, ("model",), by_model))
         self.images = r.add(Counter("detserve_images_processed_total", "Images run through the model."))
         self.detections = r.add(Counter(
             "detserve_detections_total", "Objects detected, by COCO label.", ("label",),
@@ -199,18 +204,20 @@ class ServerMetrics:
                     lambda g: g.in_flight))
         r.add(Gauge("detserve_workers", "Worker processes configured.", lambda g: workers))
         r.add(Gauge("detserve_workers_ready", "Worker processes with the model loaded.", lambda g: g.workers_ready))
-        r.add(Gauge("detserve_model_load_seconds", "Time the worker in each slot took to load the model.",
-                    lambda g: g.model_load_s, ("worker",)))
+        r.add(Gauge("detserve_model_load_seconds",
+                    "Time the worker in each slot took to load each model and run its first forward pass.",
+                    lambda g: g.model_load_s, ("worker", "model")))
 
     def reject(self, reason):
         self.rejections.inc(reason.value)
 
     def record_results(self, results):
         """Count one batch's answers as a worker reported them."""
-        batch = [r for r in results if r.batch_size]
-        if batch:
-            self.batch_size.observe(batch[0].batch_size)
-            self.inference.observe(batch[0].inference_s)
+        # Every result of one model's forward pass carries that pass's size and time: count each pass once.
+        passes = {r.model: r for r in results if r.batch_size and r.model is not None}
+        for model, result in passes.items():
+            self.batch_size.observe(result.batch_size, model)
+            self.inference.observe(result.inference_s, model)
         for result in results:
             self.queue_wait.observe(result.queue_wait_s)
             if result.status == 200:

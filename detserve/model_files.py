@@ -206,6 +206,13 @@ def read_labels(model_dir, model=DEFAULT_MODEL):
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def describe(choice, model_dir, default=False):
+    """What GET /api/models says of one served model."""
+    return {"name": choice.name, "model": choice.model.name, "input_size_px": choice.input_size_px,
+            "labels": len(read_labels(model_dir, choice.model)), "weights_sha256": choice.model.weights.sha256,
+            "default": default}
+
+
 def sha256_of(path):
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -30,7 +30,8 @@ IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png")
 MAX_IMAGE_ID_CHARS = 256
 # The per-request options a client may send, as query parameters or JSON fields;
 # the front end passes the query's raw strings on, the worker validates both.
-DETECTION_OPTION_NAMES = ("confidence", "nms", "classes", "max_detections", "max_side")
+DETECTION_OPTION_NAMES = ("model", "confidence", "nms", "nms_mode", "classes", "max_detections", "max_side")
+NMS_MODES = ("agnostic", "per_class")
 # What a detection answer can be: the front end picks one from Accept or ?format=.
 OUTPUT_MEDIA_TYPES = {"json": JSON_MEDIA_TYPE, "jpeg": "image/jpeg"}
 
@@ -87,6 +88,7 @@ class Result:
     content_type: str = JSON_MEDIA_TYPE
     headers: Tuple[Tuple[str, str], ...] = field(default_factory=tuple)  # copied onto the answer as they are
     images_run: int = 1  # images of this request that went through the model (several for a multi-image one)
+    model: Optional[str] = None  # the model its images ran through; None if none ran
 
     @classmethod
     def failure(cls, task_id, refusal, **timings):
@@ -103,8 +105,7 @@ class Result:
 class WorkerReady:
     worker_index: int
     pid: int
-    load_time_s: float  # every model's, from the first load to the last warm-up
-    load_time_s_by_model: Dict[str, float] = field(default_factory=dict)  # model name -> its load and warm-up
+    model_load_s: Dict[str, float]  # model name -> the seconds of its load and first forward pass
 
 
 @dataclass(frozen=True)

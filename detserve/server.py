@@ -79,9 +79,9 @@ def _compose(config):
         log.error("%s", exc)
         raise HaltServer(str(exc), ExitCode.CONFIG_ERROR) from None
     labels = model_files.read_labels(config.model_dir, choices[0].model)  # the default model's
-    metrics = ServerMetrics(labels, config.workers)
-    state = ServerState(config, WorkerPool(config, worker_main, metrics), metrics, labels,
-                        model_names=[choice.name for choice in choices])
+    listing = [model_files.describe(choice, config.model_dir, default=i == 0) for i, choice in enumerate(choices)]
+    metrics = ServerMetrics(labels, config.workers, [choice.name for choice in choices])
+    state = ServerState(config, WorkerPool(config, worker_main, metrics), metrics, labels, listing)
     try:
         return state, DetectionHTTPServer((config.host, config.port), state)
     except OSError as exc:

@@ -60,7 +60,7 @@ def _boot(worker_index, result_conn):
         os._exit(1)
     if how[:1] == ["slow"]:
         time.sleep(float(how[1]))
-    result_conn.send(WorkerReady(worker_index, os.getpid(), 0.001))
+    result_conn.send(WorkerReady(worker_index, os.getpid(), {"stand-in": 0.001}))
 
 
 def _answer(header, body):

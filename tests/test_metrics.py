@@ -27,6 +27,8 @@ from support import ExpositionError, Scrape, ServerProcess, b64, image_bytes, pa
 
 WORKERS = 2
 
+MODEL = {"model": "yolov3-tiny"}  # the default model: every detection of these tests ran through it
+
 
 def coco_labels():
     """Read here, not with detserve's own reader, so the label set is checked independently."""
@@ -202,8 +204,9 @@ def test_a_fresh_server_exports_every_metric_at_zero(traffic):
     assert scrape.value("detserve_worker_restarts_total") == 0
     assert set(scrape.series("detserve_detections_total").values()) == {0}
     assert scrape.series("detserve_http_requests_total") == {}  # this scrape is counted once answered
-    for name in ("detserve_queue_wait_seconds", "detserve_inference_seconds", "detserve_batch_size"):
-        buckets, total, count = scrape.histogram(name)
+    for name, labels in (("detserve_queue_wait_seconds", {}), ("detserve_inference_seconds", MODEL),
+                         ("detserve_batch_size", MODEL)):
+        buckets, total, count = scrape.histogram(name, **labels)
         assert count == 0 and total == 0 and {c for _, c in buckets} == {0}
     for reason in ("overload", "deadline", "bad_input"):
         assert scrape.value("detserve_rejected_requests_total", reason=reason) == 0
@@ -240,7 +243,7 @@ def test_the_traffic_was_what_the_test_meant_to_send(traffic):
 def test_requests_are_counted_by_route_and_code(traffic):
     scrape = traffic.last
     assert scrape.series("detserve_http_requests_total") == {
-        frozenset({("route", "/api/"), ("code", "200")}): VALID_COUNT,
+        frozenset({("route", "/api/"), ("code", "200"), ("model", "yolov3-tiny")}): VALID_COUNT,
         frozenset({("route", "/api/"), ("code", "400")}): len(BAD_BODIES),
         frozenset({("route", "/metrics"), ("code", "200")}): 1,  # the first scrape
     }
@@ -261,10 +264,10 @@ def test_rejections_count_bad_input_and_nothing_else(traffic):
 def test_images_batches_and_queue_waits_add_up(traffic):
     scrape = traffic.last
     assert scrape.value("detserve_images_processed_total") == VALID_COUNT
-    _, batch_total, batches = scrape.histogram("detserve_batch_size")
+    _, batch_total, batches = scrape.histogram("detserve_batch_size", **MODEL)
     assert batch_total == VALID_COUNT  # however the 10 were batched, each was in exactly one batch
     assert 1 <= batches <= VALID_COUNT
-    _, _, inferences = scrape.histogram("detserve_inference_seconds")
+    _, _, inferences = scrape.histogram("detserve_inference_seconds", **MODEL)
     assert inferences == batches  # one compute time per batch
     _, _, waits = scrape.histogram("detserve_queue_wait_seconds")
     assert waits == VALID_COUNT + len(BAD_BODIES)  # every request that reached a worker waited once
@@ -324,7 +327,7 @@ def test_overload_is_counted_as_overload():
         scrape = scrape_metrics(srv)
     assert scrape.value("detserve_rejected_requests_total", reason="overload") == statuses[503]
     assert scrape.value("detserve_http_requests_total", route="/api/", code="503") == statuses[503]
-    assert scrape.value("detserve_http_requests_total", route="/api/", code="200") == statuses[200]
+    assert scrape.value("detserve_http_requests_total", route="/api/", code="200", **MODEL) == statuses[200]
     assert scrape.value("detserve_images_processed_total") == statuses[200]
-    _, batch_total, _ = scrape.histogram("detserve_batch_size")
+    _, batch_total, _ = scrape.histogram("detserve_batch_size", **MODEL)
     assert batch_total == statuses[200]

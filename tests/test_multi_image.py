@@ -116,16 +116,16 @@ def test_the_structure_guard_scales_with_max_images_and_still_refuses_the_attack
 
 def test_the_images_of_one_request_are_one_forward_pass():
     with ServerProcess("--workers", "1") as server:
-        count_before = metric(server, "detserve_batch_size_count")
-        sum_before = metric(server, "detserve_batch_size_sum")
+        count_before = metric(server, 'detserve_batch_size_count{model="yolov3-tiny"}')
+        sum_before = metric(server, 'detserve_batch_size_sum{model="yolov3-tiny"}')
         images_before = metric(server, "detserve_images_processed_total")
         images = [{"id": path.stem, "image": b64(path.read_bytes())} for path in sample_images()][:5]
         images.append({"id": "broken", "image": b64(b"not an image")})
         status, _, payload = post(server, {"images": images})
         assert status == 200 and len(payload["results"]) == 6
-        assert metric(server, "detserve_batch_size_count") == count_before + 1
-        assert metric(server, "detserve_batch_size_sum") == sum_before + 5
+        assert metric(server, 'detserve_batch_size_count{model="yolov3-tiny"}') == count_before + 1
+        assert metric(server, 'detserve_batch_size_sum{model="yolov3-tiny"}') == sum_before + 5
         assert metric(server, "detserve_images_processed_total") == images_before + 5
         _, _, text = server.request("/metrics")
-        assert re.search(r'^detserve_batch_size_bucket\{le="4"\} 0$', text, re.M)
-        assert re.search(r'^detserve_batch_size_bucket\{le="8"\} 1$', text, re.M)
+        assert re.search(r'^detserve_batch_size_bucket\{model="yolov3-tiny",le="4"\} 0$', text, re.M)
+        assert re.search(r'^detserve_batch_size_bucket\{model="yolov3-tiny",le="8"\} 1$', text, re.M)

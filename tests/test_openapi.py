@@ -81,6 +81,7 @@ PROBES = {  # one real request per documented operation, and the status it must 
     ("/readyz", "get"): ("GET", "/readyz", None, 200),
     ("/metrics", "get"): ("GET", "/metrics", None, 200),
     ("/api/labels", "get"): ("GET", "/api/labels", None, 200),
+    ("/api/models", "get"): ("GET", "/api/models", None, 200),
     ("/openapi.json", "get"): ("GET", "/openapi.json", None, 200),
     ("/page/{asset}", "get"): ("GET", "/page/samples/camera.jpg", None, 200),
     ("/api/", "post"): ("POST", "/api/?id=probe", camera_jpeg(), 200),

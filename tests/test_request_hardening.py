@@ -86,11 +86,20 @@ def slow_png_b64(side_px=4000):
     return b64(encoded.tobytes())
 
 
+class StandInModel:
+    """What task preparation asks of a model (its labels and input size), without loading one."""
+
+    labels = ("person",)
+
+    def network_input(self, image):
+        return image
+
+
 def test_a_multi_image_task_stops_at_its_deadline_between_images():
     """The first image's decode outlives the deadline: the rest are never decoded, the task is a 504."""
     image = slow_png_b64()
     body = json.dumps({"images": [{"id": f"n{i}", "image": image} for i in range(8)]}).encode()
-    preparation = TaskPreparation(Config(), labels=("person",))
+    preparation = TaskPreparation(Config(), {"yolov3-tiny": StandInModel()})
     now_s = time.monotonic()
     header = TaskHeader(task_id=1, request_id="abandoned", media_type="application/json", query_image_id=None,
                         enqueued_at_s=now_s, deadline_at_s=now_s + 0.01)

@@ -71,9 +71,13 @@ def labels(state, headers):
     return json_answer(200, list(state.labels))
 
 
+def models(state, headers):
+    return json_answer(200, list(state.models))
+
+
 def openapi_document(state, headers):
     return Answer(200, openapi.document(), JSON_MEDIA_TYPE)
 
 
 GET_ROUTES = {"/": root, "/healthz": healthz, "/readyz": readyz, "/metrics": metrics,
-              "/api/labels": labels, "/openapi.json": openapi_document}
+              "/api/labels": labels, "/api/models": models, "/openapi.json": openapi_document}

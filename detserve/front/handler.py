@@ -44,6 +44,7 @@ class DetectionRequestHandler(StrictRequestHandler):
         self._responded = False
         self.request_id = None
         self._route = "other"  # the metrics label
+        self._model = ""  # the model that ran, for the metrics; "" when none did
         self._wire_format = native  # whose words a refusal is answered in
         self._detection_route = False  # refusals of detection routes count in detserve_rejected_total
         self._log = {"image_id": None, "batch_size": None, "error": None}
@@ -124,10 +125,14 @@ class DetectionRequestHandler(StrictRequestHandler):
     def _send_result(self, result):
         """Write a worker's (or the pool's) Result: its body, or its refusal in the route's words."""
         self._log.update(image_id=result.image_id, batch_size=result.batch_size or None)
+        self._model = result.model or ""
         self._stage_timing_ms.update(queue=result.queue_wait_s * 1000, inference=result.inference_s * 1000)
+        headers = dict(result.headers)
+        if result.model is not None:
+            headers["X-Model"] = result.model  # which model answered, whatever the format's body says
         if result.error is not None:
-            raise Refusal(result.status, result.error, result.reject_reason, result.image_id, dict(result.headers))
-        self._send(result.status, result.body, result.content_type, headers=dict(result.headers))
+            raise Refusal(result.status, result.error, result.reject_reason, result.image_id, headers)
+        self._send(result.status, result.body, result.content_type, headers=headers)
 
     # -- answering --------------------------------------------------------------------------------
     def send_error(self, code, message=None, explain=None):
@@ -179,7 +184,7 @@ class DetectionRequestHandler(StrictRequestHandler):
     def _finish(self, status, size):
         duration_s = time.perf_counter() - self._started_s
         metrics = self.server.state.metrics
-        metrics.requests.inc(self._route, str(status))
+        metrics.requests.inc(self._route, str(status), self._model)
         metrics.request_duration.observe(duration_s, self._route)
         path = getattr(self, "path", None)
         log_access(remote=self.client_address[0], method=self.command or "-",

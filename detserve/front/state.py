@@ -9,10 +9,11 @@ from .body_budget import BodyBudget
 
 
 class ServerState:
-    def __init__(self, config, pool, metrics, labels=(), model_names=("yolov3-tiny",)):
+    def __init__(self, config, pool, metrics, labels=(), models=({"name": "yolov3-tiny", "default": True},)):
         self.config = config
-        self.labels = tuple(labels)  # the model's class labels, for GET /api/labels
-        self.model_names = tuple(model_names)  # the models the workers serve; the first is the default
+        self.labels = tuple(labels)  # the default model's class labels, for GET /api/labels
+        self.models = tuple(models)  # what GET /api/models lists of each served model, the default first
+        self.model_names = tuple(model["name"] for model in self.models)
         self.pool = pool
         self.metrics = metrics
         self.body_budget = BodyBudget(config.max_body_buffer_bytes)
@@ -55,4 +56,4 @@ class ServerState:
 
     def gauge_readings(self):
         return GaugeReadings(queue_depth=self.pool.queue_depth(), in_flight=self._in_flight,
-                             workers_ready=self.pool.ready_count(), model_load_s=self.pool.model_load_times_s())
+                             workers_ready=self.pool.ready_count(), model_load_s=self.pool.model_load_s())

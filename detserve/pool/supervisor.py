@@ -109,11 +109,12 @@ class Supervisor(threading.Thread):
 
     def _on_ready(self, slot, message):
         with self._changed:
-            slot.mark_ready(message.load_time_s)
+            slot.mark_ready(message.model_load_s)
             self._changed.notify_all()
             all_ready = all(s.state is SlotState.READY for s in self._slots)
             self._all_ready_once = self._all_ready_once or all_ready
-        log.info("worker %d (pid %d) ready; model loaded in %.2f s", slot.index, message.pid, message.load_time_s)
+        log.info("worker %d (pid %d) ready; %s loaded in %.2f s", slot.index, message.pid,
+                 ", ".join(message.model_load_s), sum(message.model_load_s.values()))
         if all_ready:
             self.ready_at_s = time.monotonic()
             self.all_ready.set()

@@ -129,8 +129,9 @@ class WorkerPool:
     def worker_pids(self):
         return [slot.process.pid for slot in self._slots if slot.process is not None]
 
-    def model_load_times_s(self):
-        return {(str(slot.index),): slot.load_time_s for slot in self._slots if slot.load_time_s}
+    def model_load_s(self):
+        """{(worker index, model name): seconds} of every ready worker's models."""
+        return {(str(slot.index), model): seconds for slot in self._slots for model, seconds in slot.model_load_s.items()}
 
     @property
     def all_ready(self):

@@ -38,7 +38,7 @@ class WorkerSlot:
         self.consecutive_boot_failures = 0  # workers that started but could not load the model
         self.consecutive_spawn_errors = 0   # workers that could not be started at all
         self.respawn_at_s = None          # time.monotonic() when an EMPTY slot is due a new worker
-        self.load_time_s = 0.0
+        self.model_load_s = {}  # model name -> seconds, as this slot's worker reported them
         self.last_progress_s = 0.0        # last time this worker answered, or got work while idle
 
     # -- process lifecycle ---------------------------------------------------------
@@ -67,10 +67,10 @@ class WorkerSlot:
         self.boot_failure_reason = None
         self.respawn_at_s = None
 
-    def mark_ready(self, load_time_s):
+    def mark_ready(self, model_load_s):
         self.state = SlotState.READY
         self.consecutive_boot_failures = 0
-        self.load_time_s = load_time_s
+        self.model_load_s = dict(model_load_s)
 
     def was_ready(self):
         """Whether this incarnation loaded the model (a death after that is not a boot failure)."""

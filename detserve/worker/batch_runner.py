@@ -1,10 +1,11 @@
-"""Run one batch in a worker: drop expired tasks, parse and decode, one forward pass, answer.
+"""Run one batch in a worker: drop expired tasks, parse and decode, one forward pass per model, answer.
 
 Requests whose deadline passed while they waited are dropped before
 inference, so a backlog never makes the worker do work nobody waits for.
-Every image of every task in the batch (a multi-image request brings
-several) goes through one forward pass; each keeps its own options, which
-act after it.
+Every image of every task in the batch that asked for one model (a
+multi-image request brings several) goes through one forward pass of that
+model; each keeps its own options, which act after it, so an image's answer
+is the same whatever else shares its batch.
 """
 
 import logging
@@ -17,19 +18,21 @@ from ..protocol import Result
 from ..refusals import Refusal, inference_failed, internal_error, past_deadline
 from .failures import refusal_boundary
 from .formats import WORKER_FORMATS
+from .detector import PostProcessing
 from .task_preparation import TaskPreparation
 
 log = logging.getLogger("detserve.worker")
 
 
 class BatchRunner:
-    def __init__(self, detector, busy_flags, config):
-        self.detector = detector
+    def __init__(self, detectors, busy_flags, config):
+        """detectors: {model name: Detector}, every model this worker serves."""
+        self.detectors = detectors
         self.busy_flags = busy_flags
         self.config = config
         self.cpus = cpu_budget.available_cpus()
-        self.preparation = TaskPreparation(config, detector.labels)
-        self._last_inference_s = 0.0  # how long the previous batch's forward pass took
+        self.preparation = TaskPreparation(config, detectors)
+        self._last_inference_s = 0.0  # how long the previous batch's forward passes took
 
     def run(self, tasks):
         """One Result per task (matched by task_id); one forward pass for all images that decode.
@@ -61,7 +64,9 @@ class BatchRunner:
             image_id = None if job.several else job.entries[0].image_id
             results.append(Result.failure(job.header.task_id, past_deadline(image_id), queue_wait_s=job.queue_wait_s))
         if jobs:
-            results.extend(self._detect(jobs))
+            self._last_inference_s = 0.0  # each forward pass below adds its own
+        for model in dict.fromkeys(job.model for job in jobs):  # one forward pass per model, in arrival order
+            results.extend(self._detect([job for job in jobs if job.model == model], model))
         if len(results) != len(tasks):
             raise RuntimeError(f"a batch of {len(tasks)} tasks produced {len(results)} results")
         return results
@@ -75,26 +80,28 @@ class BatchRunner:
         with refusal_boundary(header.request_id, None, "reading its body"):
             return self.preparation.prepare(header, body, queue_wait_s)
 
-    def _detect(self, tasks):
+    def _detect(self, tasks, model):
+        """The Results of tasks that all run through model: one forward pass for all their images."""
         images = [job for task in tasks for job in task.image_jobs()]
         inference_s = 0.0
         try:
             if images:
-                inference_s = self._last_inference_s = self._forward(images)
+                inference_s = self._forward(self.detectors[model], images)
+                self._last_inference_s += inference_s
         except Exception as exc:  # every request of a failed batch gets the error
             log.exception("inference failed for request ids %s", ", ".join(t.header.request_id for t in tasks))
             return [Result.failure(task.header.task_id, inference_failed(exc), queue_wait_s=task.queue_wait_s,
-                                   batch_size=len(images)) for task in tasks]
+                                   batch_size=len(images), model=model) for task in tasks]
         return [self._answer(task, inference_s, len(images)) for task in tasks]
 
-    def _forward(self, images):
-        """Run images through the model in one pass; set each one's detections; return the seconds it took."""
+    def _forward(self, detector, images):
+        """Run images through detector in one pass; set each one's detections; return the seconds it took."""
         cv2.setNumThreads(cpu_budget.threads_for_batch(
             self.cpus, self.busy_flags.busy_count(), self.config.cv_threads))
         started = time.perf_counter()
-        per_image = self.detector.detect_batch(
+        per_image = detector.detect_batch(
             [job.network_pixels for job in images], [job.original_size_px for job in images],
-            [(job.options.confidence, job.options.nms) for job in images])
+            [PostProcessing(job.options.confidence, job.options.nms, job.options.nms_mode) for job in images])
         if len(per_image) != len(images):
             raise RuntimeError(f"{len(images)} images produced {len(per_image)} answers")
         for job, detections in zip(images, per_image):
@@ -104,7 +111,7 @@ class BatchRunner:
     def _answer(self, task, inference_s, batch_size):
         """This task's Result, in its wire format; a failure to build it (drawing, encoding) is this task's alone."""
         timings = {"queue_wait_s": task.queue_wait_s, "inference_s": inference_s,
-                   "batch_size": batch_size if task.image_jobs() else 0}
+                   "batch_size": batch_size if task.image_jobs() else 0, "model": task.model}
         image_id = None if task.several else task.entries[0].image_id
         try:
             with refusal_boundary(task.header.request_id, image_id, "building its answer"):

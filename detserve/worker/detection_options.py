@@ -5,25 +5,30 @@ never on the forward pass, so a batched image with its own options gets
 exactly what it gets alone. Precedence, lowest first: the server's flags, the
 query string, the JSON body's top level, a multi-image entry's own fields.
 Every value a client can send is checked here, and a bad one is a 400 that
-says what is accepted: no value can make a worker hang or fail.
+says what is accepted: no value can make a worker hang or fail. ``model``
+picks which of the worker's models runs the image; it is read first, since
+the labels ``classes`` may name are that model's.
 """
 
 import math
 from dataclasses import dataclass, replace
 from typing import FrozenSet, Optional
 
-from ..protocol import DETECTION_OPTION_NAMES
+from ..protocol import DETECTION_OPTION_NAMES, NMS_MODES
 from ..refusals import bad_request
 
 MAX_DETECTIONS_LIMIT = 1000  # more than YOLOv3-tiny's 2,535 candidates ever keep after NMS in practice
 MIN_SIDE_PX, MAX_SIDE_PX = 16, 10_000  # max_side: smaller is unreadable, larger than any accepted image
 LABELS_HINT = "the model's labels are listed at GET /api/labels"
+MODELS_HINT = "GET /api/models lists them"
 
 
 @dataclass(frozen=True)
 class DetectionOptions:
+    model: str  # the name of the model that runs the image, as the server lists it
     confidence: float  # keep a candidate whose class score is above this
-    nms: float  # IoU above which the less confident of two boxes is suppressed (class-agnostic)
+    nms: float  # IoU above which the less confident of two boxes is suppressed
+    nms_mode: str = "agnostic"  # a key of NMS_MODES: which boxes may suppress each other
     classes: Optional[FrozenSet[str]] = None  # keep only these labels, after NMS; None: all
     max_detections: Optional[int] = None  # keep the N most confident, in the answer's order
     max_side_px: Optional[int] = None  # longest side of an annotated image; None: the input's size
@@ -41,7 +46,8 @@ class DetectionOptions:
 
 
 def server_defaults(config):
-    return DetectionOptions(confidence=config.confidence, nms=config.nms)
+    return DetectionOptions(model=config.model_choices[0].name, confidence=config.confidence, nms=config.nms,
+                            nms_mode=config.nms_mode)
 
 
 def option_fields(payload):
@@ -49,15 +55,20 @@ def option_fields(payload):
     return {name: payload[name] for name in DETECTION_OPTION_NAMES if name in payload}
 
 
-def resolve(base, fields, labels, from_query=False):
+def resolve(base, fields, labels_by_model, from_query=False):
     """base with fields (a dict of option name -> value) applied, or raise Refusal(400).
 
+    labels_by_model: {model name: its labels} of the models this worker serves.
     from_query: the values are the query string's raw strings, not JSON values.
     """
     changes = {}
+    if "model" in fields:
+        changes["model"] = _model(fields["model"], labels_by_model, from_query)
+    labels = labels_by_model[changes.get("model", base.model)]
     for name, value in fields.items():
-        parse = _QUERY_PARSERS[name] if from_query else _JSON_PARSERS[name]
-        changes[_FIELD_NAMES.get(name, name)] = parse(name, value, labels)
+        if name != "model":
+            parse = _QUERY_PARSERS[name] if from_query else _JSON_PARSERS[name]
+            changes[_FIELD_NAMES.get(name, name)] = parse(name, value, labels)
     return replace(base, **changes) if changes else base
 
 
@@ -101,6 +112,21 @@ def _integer_in(name, value, low, high, from_query):
     return value
 
 
+def _model(value, labels_by_model, from_query):
+    if not isinstance(value, str) or value not in labels_by_model:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        where = "?model=" if from_query else '"model"'
+        raise bad_request(f"{where} {shown} is not a model this server serves; it serves "
+                          f"{', '.join(labels_by_model)} ({MODELS_HINT})")
+    return value
+
+
+def _nms_mode(name, value, from_query):
+    if value not in NMS_MODES:
+        raise _bad(name, value, f"one of {', '.join(NMS_MODES)}", from_query)
+    return value
+
+
 def _classes(name, names, labels, from_query):
     wanted = frozenset(label.strip() for label in names)
     if not names or "" in wanted:
@@ -123,6 +149,7 @@ def _json_classes(name, value, labels):
 _JSON_PARSERS = {
     "confidence": _json_fraction,
     "nms": _json_fraction,
+    "nms_mode": lambda name, value, labels: _nms_mode(name, value, False),
     "classes": _json_classes,
     "max_detections": lambda name, value, labels: _integer_in(name, value, 1, MAX_DETECTIONS_LIMIT, False),
     "max_side": lambda name, value, labels: _integer_in(name, value, MIN_SIDE_PX, MAX_SIDE_PX, False),
@@ -130,6 +157,7 @@ _JSON_PARSERS = {
 _QUERY_PARSERS = {
     "confidence": _query_fraction,
     "nms": _query_fraction,
+    "nms_mode": lambda name, raw, labels: _nms_mode(name, raw, True),
     "classes": lambda name, raw, labels: _classes(name, raw.split(","), labels, True),
     "max_detections": lambda name, raw, labels: _integer_in(name, raw, 1, MAX_DETECTIONS_LIMIT, True),
     "max_side": lambda name, raw, labels: _integer_in(name, raw, MIN_SIDE_PX, MAX_SIDE_PX, True),

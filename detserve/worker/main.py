@@ -66,15 +66,13 @@ def _boot(worker_index, result_conn, busy_flags, config):
     try:
         from .batch_runner import BatchRunner
 
-        detectors, load_times_s = load_models(config)
+        detectors, model_load_s = load_models(config)
     except BaseException as exc:  # a model that cannot load is fatal for the server, not a respawn loop
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # OpenCV's messages span lines
         result_conn.send(WorkerBootFailed(worker_index, reason))
         sys.exit(ExitCode.WORKER_BOOT_ERROR)
-    result_conn.send(WorkerReady(worker_index, os.getpid(), sum(load_times_s.values()), load_times_s))
-    # The batch runner serves the default model (the first); the others are loaded and warmed
-    # so that readiness means every model works, and are held in detectors for the request path.
-    return BatchRunner(next(iter(detectors.values())), busy_flags, config)
+    result_conn.send(WorkerReady(worker_index, os.getpid(), model_load_s))
+    return BatchRunner(detectors, busy_flags, config)
 
 
 def load_models(config):

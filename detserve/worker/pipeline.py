@@ -64,12 +64,12 @@ class ImageFacts:
 
 
 class Pipeline:
-    """One worker's BatchRunner over a loaded detector; settings are Config fields (the server's flags)."""
+    """One worker's BatchRunner over a loaded detector (its only model); settings are Config fields (the flags)."""
 
     def __init__(self, detector, **settings):
-        self.config = Config(**settings)
+        self.config = Config(models=detector.name, **settings)
         self._busy_flags = BusyFlags(multiprocessing.get_context(), 1)
-        self._runner = BatchRunner(detector, self._busy_flags, self.config)
+        self._runner = BatchRunner({detector.name: detector}, self._busy_flags, self.config)
         self._task_ids = itertools.count(1)
 
     def run_one(self, body, media_type="image/jpeg", options=None):

@@ -2,8 +2,10 @@
 
 A task carries one image or, for a multi-image body, several; every image is
 decoded and brought to the network's input size here, one at a time, so a
-request of many large images never holds them all at full size. Only an
-image whose answer is annotated keeps its full pixels. The deadline is
+request of many large images never holds them all at full size (at the
+input size of the model the task asked for). Only an image whose answer is
+annotated keeps its full pixels. A task runs through one model, chosen at
+its top level (a path, the query or the body's top-level fields). The deadline is
 checked before each image: once nobody waits for the answer, the worker
 stops spending time on it.
 """
@@ -12,10 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple, Union
 
-from ..refusals import Refusal, not_acceptable, past_deadline
+from ..refusals import Refusal, bad_request, not_acceptable, past_deadline
 from . import detection_options
 from .annotation import output_size_px
-from .detector import network_input
 from .failures import refusal_boundary
 from .formats import WORKER_FORMATS
 from .image_decoding import DecodeBudget, decode_image
@@ -41,7 +42,8 @@ class TaskJob:
     queue_wait_s: float
     entries: List[Union[ImageJob, Refusal]]
     several: bool  # a multi-image body, answered per image
-    labels: Tuple[str, ...]  # the labels of the model its images run through
+    model: str  # the name of the model its images run through
+    labels: Tuple[str, ...]  # that model's labels
     format_state: dict = field(default_factory=dict)  # ParsedRequest.format_state, for the answer
 
     def image_jobs(self):
@@ -49,9 +51,11 @@ class TaskJob:
 
 
 class TaskPreparation:
-    def __init__(self, config, labels):
+    def __init__(self, config, detectors):
+        """detectors: {model name: Detector} of every model this worker serves."""
         self.config = config
-        self.labels = tuple(labels)
+        self.detectors = detectors
+        self.labels_by_model = {name: tuple(detector.labels) for name, detector in detectors.items()}
         self.defaults = detection_options.server_defaults(config)
 
     def prepare(self, header, body, queue_wait_s):
@@ -59,8 +63,10 @@ class TaskPreparation:
         request = WORKER_FORMATS[header.wire_format].parse(body, header, self.config.max_images)
         task_image_id = None if request.several else request.entries[0].image_id
         with refusal_boundary(header.request_id, task_image_id, "reading its options"):
-            options = detection_options.resolve(self.defaults, header.query_options, self.labels, from_query=True)
-            options = detection_options.resolve(options, request.option_fields, self.labels)
+            route_model = {"model": header.model} if header.model is not None else {}
+            options = detection_options.resolve(self.defaults, {**route_model, **header.query_options},
+                                                self.labels_by_model, from_query=True)
+            options = detection_options.resolve(options, request.option_fields, self.labels_by_model)
         if request.several and header.output_format != "json":
             raise not_acceptable("an annotated image answers one image per request; send one image, "
                                  "or ask for JSON (Accept: application/json) to get several answers")
@@ -78,15 +84,19 @@ class TaskPreparation:
                 if not request.several:
                     raise
                 entries.append(refusal)  # one entry's failure is that entry's answer
-        return TaskJob(header, queue_wait_s, entries, request.several, self.labels, request.format_state)
+        return TaskJob(header, queue_wait_s, entries, request.several, options.model,
+                       self.labels_by_model[options.model], request.format_state)
 
     def _prepare_image(self, header, request, base_options, budget):
         """The ImageJob of one image, or raise its Refusal; never lets another exception out."""
         with refusal_boundary(header.request_id, request.image_id, f"reading image {request.image_id!r}"):
-            options = detection_options.resolve(base_options, request.option_fields, self.labels)
+            if "model" in request.option_fields and request.option_fields["model"] != base_options.model:
+                raise bad_request('"model" is chosen once per request, at its top level, not per image')
+            options = detection_options.resolve(base_options, request.option_fields, self.labels_by_model)
             decoded = decode_image(request, self.config.max_pixels, self.config.decode_reduction, budget)
             drawn = self._pixels_to_draw_on(request, decoded, options) if header.output_format != "json" else None
-            return ImageJob(request.image_id, options, network_input(decoded.pixels), decoded.original_size_px, drawn)
+            network_pixels = self.detectors[options.model].network_input(decoded.pixels)
+            return ImageJob(request.image_id, options, network_pixels, decoded.original_size_px, drawn)
 
     def _pixels_to_draw_on(self, request, decoded, options):
         """The picture an annotated answer is drawn on: never upscaled from a reduced decode.
