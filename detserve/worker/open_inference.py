@@ -108,12 +108,13 @@ def load_header(header_bytes, max_images):
     if structure > allowance:
         raise Refusal(400, f"the JSON has {structure:,} objects, arrays or commas, more than the {allowance:,} "
                            "an inference request with one IMAGE input needs")
+    # A JSON object with bytes after it is most likely binary tensors sent without the header.
+    hint = f"; is {HEADER_LENGTH_FIELD} missing or wrong?" if header_bytes[:1] == b"{" else ""
     try:
         request = json.loads(header_bytes)
     except UnicodeDecodeError:
-        raise Refusal(400, "the inference request is not valid UTF-8 JSON") from None
+        raise Refusal(400, f"the inference request is not valid UTF-8 JSON{hint}") from None
     except ValueError as exc:
-        hint = f"; is {HEADER_LENGTH_FIELD} missing or wrong?" if header_bytes[:1] == b"{" else ""
         raise Refusal(400, f"the inference request is not valid JSON ({exc}){hint}") from None
     except RecursionError:
         raise Refusal(400, "the inference request's JSON is nested too deeply") from None
