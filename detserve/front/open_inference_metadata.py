@@ -17,8 +17,8 @@ from ..protocol import Refusal
 SERVER_NAME = "detserve"
 EXTENSIONS = ("binary_tensor_data",)  # Inference-Header-Content-Length, binary_data_size, binary_data
 MODELS_PREFIX = "/v2/models/"
-# What may follow /v2/models/{name}[/versions/{version}]: nothing is the model's metadata.
-MODEL_ACTIONS = {"": "metadata", "ready": "ready", "infer": "infer"}
+# What may follow /v2/models/{name}[/versions/{version}]; nothing after it is the model's metadata.
+MODEL_ACTIONS = {"ready": "ready", "infer": "infer"}
 MAX_MODEL_NAME_CHARS = 256  # longer than any name served; keeps a 404's message short
 # Both clients read only the status of a health answer; Triton gives 400 when not
 # ready, KServe 503. 503 is what /readyz gives and what a load balancer expects.
@@ -62,13 +62,15 @@ def match_model_path(path):
     if not path.startswith(MODELS_PREFIX):
         return None
     segments = path[len(MODELS_PREFIX):].split("/")
+    if "" in segments:
+        return None
     model, rest = unquote(segments[0]), segments[1:]
     version = None
     if rest[:1] == ["versions"] and len(rest) >= 2:
         version, rest = unquote(rest[1]), rest[2:]
-    if len(rest) > 1 or not model or version == "" or len(model) > MAX_MODEL_NAME_CHARS:
+    if len(rest) > 1 or len(model) > MAX_MODEL_NAME_CHARS:
         return None
-    action = MODEL_ACTIONS.get(rest[0] if rest else "")
+    action = MODEL_ACTIONS.get(rest[0]) if rest else "metadata"
     if action is None:
         return None
     return model, version, action
