@@ -10,9 +10,9 @@ import pytest
 
 from detserve import __version__
 from detserve.front import open_inference_metadata as oip
-from detserve.protocol import Refusal
+from detserve.refusals import Refusal
 from detserve.worker.detector import Detection
-from detserve.worker.open_inference import OUTPUT_NAMES, RequestedOutput, build_answer
+from detserve.worker.open_inference_tensors import OUTPUT_NAMES, RequestedOutput, build_answer
 
 SERVED = ("yolov3-tiny",)
 

@@ -17,10 +17,10 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from detserve.model_files import DEFAULT_MODEL_DIR
-from detserve.protocol import Refusal
+from detserve.refusals import Refusal
 from detserve.worker.detection_options import DetectionOptions, resolve
 from detserve.worker.detector import Detection, Detector
-from detserve.worker.open_inference import (OUTPUT_NAMES, InferenceRequest, RequestedOutput, build_answer,
+from detserve.worker.open_inference_tensors import (OUTPUT_NAMES, InferenceRequest, RequestedOutput, build_answer,
                                             parse_infer_request)
 from support import image_bytes
 

@@ -4,7 +4,7 @@ Pure functions over names and flags, no I/O: the server metadata (GET /v2),
 a model's metadata (GET /v2/models/{name}[/versions/{version}]), the health
 bodies, the reading of a /v2/models/... path, which model and version it
 names, the Inference-Header-Content-Length header, and the error body. The
-infer body itself is parsed in the workers (worker/open_inference).
+infer body itself is parsed in the workers (worker/open_inference_tensors).
 """
 
 import json
@@ -12,7 +12,7 @@ import re
 from urllib.parse import unquote
 
 from ..open_inference_signature import HEADER_LENGTH_FIELD, IMAGE_INPUT, MODEL_VERSION, OUTPUTS, PLATFORM
-from ..protocol import Refusal
+from ..refusals import bad_request, not_found
 
 SERVER_NAME = "detserve"
 EXTENSIONS = ("binary_tensor_data",)  # Inference-Header-Content-Length, binary_data_size, binary_data
@@ -79,9 +79,9 @@ def match_model_path(path):
 def check_model(model, version, served_models):
     """Raise Refusal(404) unless model is one of served_models and version is absent or ours."""
     if model not in served_models:
-        raise Refusal(404, f"unknown model {model[:60]!r}; this server serves {', '.join(served_models)}")
+        raise not_found(f"unknown model {model[:60]!r}; this server serves {', '.join(served_models)}")
     if version is not None and version != MODEL_VERSION:
-        raise Refusal(404, f"model {model[:60]!r} has no version {version[:40]!r}; its one version is {MODEL_VERSION}")
+        raise not_found(f"model {model[:60]!r} has no version {version[:40]!r}; its one version is {MODEL_VERSION}")
 
 
 def inference_header_length(value, body_length):
@@ -93,10 +93,10 @@ def inference_header_length(value, body_length):
     if value is None:
         return None
     if not HEADER_LENGTH_DIGITS.fullmatch(value):
-        raise Refusal(400, f"{HEADER_LENGTH_FIELD} {value[:40]!r} is not a number of bytes", close=True)
+        raise bad_request(f"{HEADER_LENGTH_FIELD} {value[:40]!r} is not a number of bytes", close=True)
     length = int(value)
     if not 0 < length <= body_length:
-        raise Refusal(400, f"{HEADER_LENGTH_FIELD} is {length:,} bytes; the body is {body_length:,}", close=True)
+        raise bad_request(f"{HEADER_LENGTH_FIELD} is {length:,} bytes; the body is {body_length:,}", close=True)
     return length
 
 

@@ -28,7 +28,8 @@ from typing import Optional, Tuple
 
 from ..open_inference_signature import (BINARY_MEDIA_TYPE, HEADER_LENGTH_FIELD, IMAGE_INPUT, MODEL_VERSION,
                                         OUTPUT_NAMES, OUTPUTS)
-from ..protocol import JSON_MEDIA_TYPE, MAX_IMAGE_ID_CHARS, Refusal
+from ..protocol import JSON_MEDIA_TYPE, MAX_IMAGE_ID_CHARS
+from ..refusals import bad_request, too_large
 
 OPTION_PARAMETERS = ("confidence", "nms", "classes", "max_detections")  # validated as the native options
 BINARY_OUTPUT_PARAMETER = "binary_data_output"
@@ -93,9 +94,9 @@ def split_body(body, header_length):
     if header_length is None:
         return body, None
     if isinstance(header_length, bool) or not isinstance(header_length, int) or header_length < 1:
-        raise Refusal(400, f"{HEADER_LENGTH_FIELD} must be a positive number of bytes, not {header_length!r}")
+        raise bad_request(f"{HEADER_LENGTH_FIELD} must be a positive number of bytes, not {header_length!r}")
     if header_length > len(body):
-        raise Refusal(400, f"{HEADER_LENGTH_FIELD} is {header_length:,} bytes, past the end of the "
+        raise bad_request(f"{HEADER_LENGTH_FIELD} is {header_length:,} bytes, past the end of the "
                            f"{len(body):,}-byte body")
     view = memoryview(body)
     return bytes(view[:header_length]), view[header_length:]
@@ -106,20 +107,20 @@ def load_header(header_bytes, max_images):
     allowance = JSON_STRUCTURE_ALLOWANCE + max_images
     structure = sum(header_bytes.count(mark) for mark in (b"{", b"[", b","))
     if structure > allowance:
-        raise Refusal(400, f"the JSON has {structure:,} objects, arrays or commas, more than the {allowance:,} "
+        raise bad_request(f"the JSON has {structure:,} objects, arrays or commas, more than the {allowance:,} "
                            "an inference request with one IMAGE input needs")
     # A JSON object with bytes after it is most likely binary tensors sent without the header.
     hint = f"; is {HEADER_LENGTH_FIELD} missing or wrong?" if header_bytes[:1] == b"{" else ""
     try:
         request = json.loads(header_bytes)
     except UnicodeDecodeError:
-        raise Refusal(400, f"the inference request is not valid UTF-8 JSON{hint}") from None
+        raise bad_request(f"the inference request is not valid UTF-8 JSON{hint}") from None
     except ValueError as exc:
-        raise Refusal(400, f"the inference request is not valid JSON ({exc}){hint}") from None
+        raise bad_request(f"the inference request is not valid JSON ({exc}){hint}") from None
     except RecursionError:
-        raise Refusal(400, "the inference request's JSON is nested too deeply") from None
+        raise bad_request("the inference request's JSON is nested too deeply") from None
     if not isinstance(request, dict):
-        raise Refusal(400, 'the inference request must be a JSON object {"inputs": [...]}')
+        raise bad_request('the inference request must be a JSON object {"inputs": [...]}')
     return request
 
 
@@ -128,14 +129,14 @@ def the_image_input(request):
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         got = f"{len(inputs)} inputs" if isinstance(inputs, list) else f'"inputs" of {type(inputs).__name__}'
-        raise Refusal(400, f'"inputs" must list the model\'s one input, {IMAGE_INPUT.name} '
+        raise bad_request(f'"inputs" must list the model\'s one input, {IMAGE_INPUT.name} '
                            f"({IMAGE_INPUT.datatype}, shape [N]); the request has {got}")
     image_input = inputs[0]
     if image_input.get("name") != IMAGE_INPUT.name:
-        raise Refusal(400, f"unknown input {shorten(image_input.get('name'))}; the model's one input is "
+        raise bad_request(f"unknown input {shorten(image_input.get('name'))}; the model's one input is "
                            f"{IMAGE_INPUT.name} ({IMAGE_INPUT.datatype}, shape [N])")
     if image_input.get("datatype") != IMAGE_INPUT.datatype:
-        raise Refusal(400, f"{IMAGE_INPUT.name} has datatype {shorten(image_input.get('datatype'))}; it must be "
+        raise bad_request(f"{IMAGE_INPUT.name} has datatype {shorten(image_input.get('datatype'))}; it must be "
                            f"{IMAGE_INPUT.datatype} (one encoded JPEG or PNG per element)")
     return image_input
 
@@ -144,12 +145,12 @@ def image_count(image_input, max_images):
     """N, from IMAGE's shape [N], within 1..max_images."""
     shape = image_input.get("shape")
     if not (isinstance(shape, list) and len(shape) == 1 and is_integer(shape[0])):
-        raise Refusal(400, f"{IMAGE_INPUT.name}'s shape must be [N], N the number of images, not {shorten(shape)}")
+        raise bad_request(f"{IMAGE_INPUT.name}'s shape must be [N], N the number of images, not {shorten(shape)}")
     count = shape[0]
     if count < 1:
-        raise Refusal(400, f"{IMAGE_INPUT.name}'s shape is [{count}]; send at least one image")
+        raise bad_request(f"{IMAGE_INPUT.name}'s shape is [{count}]; send at least one image")
     if count > max_images:
-        raise Refusal(413, f"{IMAGE_INPUT.name}'s shape is [{count:,}], more than the {max_images} images "
+        raise too_large(f"{IMAGE_INPUT.name}'s shape is [{count:,}], more than the {max_images} images "
                            "allowed in one request (--max-images); split the request")
     return count
 
@@ -160,20 +161,20 @@ def read_images(image_input, count, tensor_bytes):
                                     f"parameter of input {IMAGE_INPUT.name}")
     if "binary_data_size" in parameters:
         if "data" in image_input:
-            raise Refusal(400, f'{IMAGE_INPUT.name} has both "data" and binary_data_size; send one')
+            raise bad_request(f'{IMAGE_INPUT.name} has both "data" and binary_data_size; send one')
         if tensor_bytes is None:
-            raise Refusal(400, f"{IMAGE_INPUT.name} declares binary_data_size but the request has no "
+            raise bad_request(f"{IMAGE_INPUT.name} declares binary_data_size but the request has no "
                                f"{HEADER_LENGTH_FIELD} header to say where its JSON ends")
         size = parameters["binary_data_size"]
         if not is_integer(size) or size != len(tensor_bytes):
-            raise Refusal(400, f"{IMAGE_INPUT.name}'s binary_data_size is {shorten(size)} but "
+            raise bad_request(f"{IMAGE_INPUT.name}'s binary_data_size is {shorten(size)} but "
                                f"{len(tensor_bytes):,} bytes follow the JSON header")
         return split_elements(tensor_bytes, count)
     if tensor_bytes:
-        raise Refusal(400, f"{len(tensor_bytes):,} bytes follow the JSON header but no input declares "
+        raise bad_request(f"{len(tensor_bytes):,} bytes follow the JSON header but no input declares "
                            "binary_data_size")
     if "data" not in image_input:
-        raise Refusal(400, f'{IMAGE_INPUT.name} has neither "data" nor binary_data_size')
+        raise bad_request(f'{IMAGE_INPUT.name} has neither "data" nor binary_data_size')
     return decode_data(image_input["data"], count)
 
 
@@ -182,18 +183,18 @@ def split_elements(view, count):
     images, offset, end = [], 0, len(view)
     for index in range(count):
         if end - offset < ELEMENT_LENGTH.size:
-            raise Refusal(400, f"{IMAGE_INPUT.name}'s binary data holds {index} elements; its shape says {count}")
+            raise bad_request(f"{IMAGE_INPUT.name}'s binary data holds {index} elements; its shape says {count}")
         (length,) = ELEMENT_LENGTH.unpack_from(view, offset)
         offset += ELEMENT_LENGTH.size
         if length > end - offset:
-            raise Refusal(400, f"{IMAGE_INPUT.name} element {index} claims {length:,} bytes but only "
+            raise bad_request(f"{IMAGE_INPUT.name} element {index} claims {length:,} bytes but only "
                                f"{end - offset:,} remain in the body")
         if length == 0:
-            raise Refusal(400, f"{IMAGE_INPUT.name} element {index} is empty; send the JPEG or PNG bytes")
+            raise bad_request(f"{IMAGE_INPUT.name} element {index} is empty; send the JPEG or PNG bytes")
         images.append(bytes(view[offset:offset + length]))
         offset += length
     if offset != end:
-        raise Refusal(400, f"{IMAGE_INPUT.name}'s binary data has {end - offset:,} bytes after the {count} "
+        raise bad_request(f"{IMAGE_INPUT.name}'s binary data has {end - offset:,} bytes after the {count} "
                            "elements its shape declares")
     return tuple(images)
 
@@ -201,20 +202,20 @@ def split_elements(view, count):
 def decode_data(data, count):
     """The count images of a JSON-form IMAGE: one base64 string per element."""
     if not isinstance(data, list):
-        raise Refusal(400, f'{IMAGE_INPUT.name}\'s "data" must be a list of base64 strings')
+        raise bad_request(f'{IMAGE_INPUT.name}\'s "data" must be a list of base64 strings')
     if len(data) != count:
-        raise Refusal(400, f"{IMAGE_INPUT.name}'s shape is [{count}] but its data has {len(data)} elements")
+        raise bad_request(f"{IMAGE_INPUT.name}'s shape is [{count}] but its data has {len(data)} elements")
     return tuple(decode_base64_element(index, element) for index, element in enumerate(data))
 
 
 def decode_base64_element(index, element):
     what = f"{IMAGE_INPUT.name} element {index}"
     if not isinstance(element, str):
-        raise Refusal(400, f"{what} must be base64 text of the image, not {type(element).__name__}")
+        raise bad_request(f"{what} must be base64 text of the image, not {type(element).__name__}")
     try:
         raw = element.encode("ascii")
     except UnicodeEncodeError:
-        raise Refusal(400, f"{what} is not base64 (it has non-ASCII characters); with binary_data=False "
+        raise bad_request(f"{what} is not base64 (it has non-ASCII characters); with binary_data=False "
                            "send base64 of the image bytes") from None
     try:
         decoded = base64.b64decode(raw, validate=True)
@@ -224,9 +225,9 @@ def decode_base64_element(index, element):
         try:
             decoded = base64.b64decode(cleaned + b"=" * (-len(cleaned) % 4), validate=True)
         except binascii.Error:
-            raise Refusal(400, f"{what} is not valid base64") from None
+            raise bad_request(f"{what} is not valid base64") from None
     if not decoded:
-        raise Refusal(400, f"{what} is empty; send the JPEG or PNG bytes")
+        raise bad_request(f"{what} is empty; send the JPEG or PNG bytes")
     return decoded
 
 
@@ -235,7 +236,7 @@ def request_parameters(request):
     parameters = checked_parameters(request.get("parameters"), REQUEST_PARAMETERS, "request parameter")
     binary_by_default = parameters.pop(BINARY_OUTPUT_PARAMETER, False)
     if not isinstance(binary_by_default, bool):
-        raise Refusal(400, f"the {BINARY_OUTPUT_PARAMETER} parameter must be true or false, "
+        raise bad_request(f"the {BINARY_OUTPUT_PARAMETER} parameter must be true or false, "
                            f"not {shorten(binary_by_default)}")
     return parameters, binary_by_default
 
@@ -245,18 +246,18 @@ def requested_outputs(outputs, binary_by_default):
     if outputs is None or outputs == []:
         return tuple(RequestedOutput(name, binary_by_default) for name in OUTPUT_NAMES)
     if not isinstance(outputs, list) or not all(isinstance(output, dict) for output in outputs):
-        raise Refusal(400, '"outputs" must be a list of {"name": ...} objects')
+        raise bad_request('"outputs" must be a list of {"name": ...} objects')
     chosen = []
     for output in outputs:
         name = output.get("name")
         if name not in OUTPUT_NAMES:
-            raise Refusal(400, f"unknown output {shorten(name)}; the outputs are {', '.join(OUTPUT_NAMES)}")
+            raise bad_request(f"unknown output {shorten(name)}; the outputs are {', '.join(OUTPUT_NAMES)}")
         if any(name == earlier.name for earlier in chosen):
-            raise Refusal(400, f"output {name} is requested twice")
+            raise bad_request(f"output {name} is requested twice")
         parameters = checked_parameters(output.get("parameters"), OUTPUT_PARAMETERS, f"parameter of output {name}")
         binary = parameters.get("binary_data", binary_by_default)
         if not isinstance(binary, bool):
-            raise Refusal(400, f"output {name}'s binary_data must be true or false, not {shorten(binary)}")
+            raise bad_request(f"output {name}'s binary_data must be true or false, not {shorten(binary)}")
         chosen.append(RequestedOutput(name, binary))
     return tuple(chosen)
 
@@ -266,7 +267,7 @@ def request_id(request):
         return None
     value = request["id"]
     if not isinstance(value, str) or len(value) > MAX_IMAGE_ID_CHARS:
-        raise Refusal(400, f'the request\'s "id" must be a string of at most {MAX_IMAGE_ID_CHARS} characters')
+        raise bad_request(f'the request\'s "id" must be a string of at most {MAX_IMAGE_ID_CHARS} characters')
     return value
 
 
@@ -275,11 +276,11 @@ def checked_parameters(parameters, accepted, what):
     if parameters is None:
         return {}
     if not isinstance(parameters, dict):
-        raise Refusal(400, f'"parameters" must be an object, not {type(parameters).__name__}')
+        raise bad_request(f'"parameters" must be an object, not {type(parameters).__name__}')
     unknown = sorted(set(parameters) - set(accepted))
     if unknown:
         shown = ", ".join(shorten(name) for name in unknown[:5])
-        raise Refusal(400, f"unknown {what}{'s' if len(unknown) > 1 else ''} {shown}; "
+        raise bad_request(f"unknown {what}{'s' if len(unknown) > 1 else ''} {shown}; "
                            f"accepted: {', '.join(accepted)}")
     return dict(parameters)
 
