@@ -77,18 +77,18 @@ class DetectionRequestHandler(StrictRequestHandler):
     def _dispatch(self, method):
         path = urlsplit(self.path).path
         self._wire_format = formats.owner_of(path)
+        fixed_route = formats.fixed_route_for(path)
+        if fixed_route is not None:  # a format's route that no worker answers (before its detection paths)
+            self._wire_format, route = fixed_route
+            self._route = route.label
+            self._check_method(method, route.methods)
+            return self._send_answer(route.answer(self.server.state, self.headers))
         detection_route = formats.route_for(path)
         if detection_route is not None:
             self._wire_format, self._route, params = detection_route
             self._detection_route = True
             self._check_method(method, ("POST",))
             return self._detect(params)
-        fixed_route = formats.fixed_route_for(path)
-        if fixed_route is not None:
-            self._wire_format, route = fixed_route
-            self._route = route.label
-            self._check_method(method, route.methods)
-            return self._send_answer(route.answer(self.server.state, self.headers))
         if path in GET_ROUTES:
             self._route = path
             self._check_method(method, ("GET", "HEAD"))

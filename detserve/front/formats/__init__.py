@@ -17,7 +17,7 @@ Each module provides:
 - ``OPENAPI_PATHS`` and ``OPENAPI_FIXED_PATHS``: its detection (POST) and
   fixed (GET) paths as openapi.json documents them;
 - ``media_type(headers)``: the body's media type, or raise the 415;
-- ``task_fields(state, headers, body_length, options, params)``: the TaskHeader
+- ``task_fields(headers, options, params, model_names)``: the TaskHeader
   fields it sets beyond the common ones (``model``, ``format_fields``), or
   raise a Refusal; called before the body is read;
 - ``error_body(refusal)`` and ``ERROR_CONTENT_TYPE``: a refusal in its words.

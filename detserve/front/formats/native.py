@@ -36,7 +36,7 @@ def media_type(headers):
                                 "send application/json (or a raw image/jpeg or image/png body)")
 
 
-def task_fields(state, headers, body_length, options, params):
+def task_fields(headers, options, params, model_names):
     return {}
 
 

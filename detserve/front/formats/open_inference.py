@@ -114,9 +114,9 @@ def media_type(headers):
                                 f"send {JSON_MEDIA_TYPE}, or {BINARY_MEDIA_TYPE} with {HEADER_LENGTH_FIELD}")
 
 
-def task_fields(state, headers, body_length, options, params):
+def task_fields(headers, options, params, model_names):
     """The model to run and the header length, or raise the 404, 400 or 406 the request gets now."""
-    metadata.check_model(params["model"], params["version"], state.model_names)
+    metadata.check_model(params["model"], params["version"], model_names)
     if options.query:
         names = ", ".join(repr(name[:40]) for name in sorted(options.query)[:5])
         raise bad_request(f"the Open Inference routes take no query parameters ({names}); send the detection "
@@ -126,6 +126,7 @@ def task_fields(state, headers, body_length, options, params):
     sent = headers.get_all(HEADER_LENGTH_FIELD) or []
     if len(sent) > 1:
         raise bad_request(f"more than one {HEADER_LENGTH_FIELD} header", close=True)
+    body_length = int(headers["Content-Length"])  # admitted: one Content-Length, a number
     header_length = metadata.inference_header_length(sent[0] if sent else None, body_length)
     fields = {} if header_length is None else {HEADER_LENGTH_TASK_FIELD: str(header_length)}
     return {"model": params["model"], "format_fields": fields}
