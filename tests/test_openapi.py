@@ -25,9 +25,12 @@ FUZZ_CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_co
                "response_headers_conformance", "response_schema_conformance")
 
 
+SERVED_MODELS = ("yolov3-tiny", "yolov4-tiny@320")  # two, so that fuzzing picks models too
+
+
 @pytest.fixture(scope="module")
 def api_server():
-    with ServerProcess("--workers", "1") as srv:
+    with ServerProcess("--workers", "1", "--models", ",".join(SERVED_MODELS)) as srv:
         yield srv
 
 
@@ -47,6 +50,7 @@ def handler_routes():
     its description rather than as an operation per path.
     """
     routes = {(path, "post") for wire_format in formats.FORMATS for path in wire_format.OPENAPI_PATHS}
+    routes |= {(path, "get") for wire_format in formats.FORMATS for path in wire_format.OPENAPI_FIXED_PATHS}
     routes |= {(path, "get") for path in handler.GET_ROUTES}
     routes.add((page.ASSET_PREFIX + "{asset}", "get"))
     return routes
@@ -75,6 +79,8 @@ def test_the_documented_routes_are_exactly_the_handlers_routes(document):
     assert documented_operations(document) == handler_routes()
 
 
+OIP_REQUEST = {"inputs": [{"name": "IMAGE", "datatype": "BYTES", "shape": [1],
+                           "data": [base64.b64encode(camera_jpeg()).decode()]}]}
 PROBES = {  # one real request per documented operation, and the status it must get
     ("/", "get"): ("GET", "/", None, 200),
     ("/healthz", "get"): ("GET", "/healthz", None, 200),
@@ -85,28 +91,57 @@ PROBES = {  # one real request per documented operation, and the status it must 
     ("/openapi.json", "get"): ("GET", "/openapi.json", None, 200),
     ("/page/{asset}", "get"): ("GET", "/page/samples/camera.jpg", None, 200),
     ("/api/", "post"): ("POST", "/api/?id=probe", camera_jpeg(), 200),
+    ("/v2", "get"): ("GET", "/v2", None, 200),
+    ("/v2/health/live", "get"): ("GET", "/v2/health/live", None, 200),
+    ("/v2/health/ready", "get"): ("GET", "/v2/health/ready", None, 200),
+    ("/v2/models/{model}", "get"): ("GET", "/v2/models/yolov3-tiny", None, 200),
+    ("/v2/models/{model}/versions/{version}", "get"): ("GET", "/v2/models/yolov3-tiny/versions/1", None, 200),
+    ("/v2/models/{model}/ready", "get"): ("GET", "/v2/models/yolov3-tiny/ready", None, 200),
+    ("/v2/models/{model}/versions/{version}/ready", "get"): ("GET", "/v2/models/yolov3-tiny/versions/1/ready", None,
+                                                             200),
+    ("/v2/models/{model}/infer", "post"): ("POST", "/v2/models/yolov3-tiny/infer", OIP_REQUEST, 200),
+    ("/v2/models/{model}/versions/{version}/infer", "post"): ("POST", "/v2/models/yolov3-tiny/versions/1/infer",
+                                                              OIP_REQUEST, 200),
 }
 
 
 def test_every_documented_operation_answers_and_nothing_else_does(api_server, document):
     assert set(PROBES) == documented_operations(document)
     for method, path, body, expected in PROBES.values():
-        headers = {"Content-Type": "image/jpeg"} if body else {}
+        headers = {"Content-Type": "image/jpeg"} if isinstance(body, bytes) else {}  # a dict goes as JSON
         status, _, payload = api_server.request(path, body=body, method=method, headers=headers)
         assert status == expected, (method, path, payload)
         other = "HEAD" if method == "GET" else "GET"
         assert status_only(api_server, other, path) == (200 if method == "GET" else 405), (other, path)
-    for path in ("/api/v2", "/openapi.yaml", "/labels", "/docs"):
+    for path in ("/api/v2", "/openapi.yaml", "/labels", "/docs", "/v2/models/yolov3-tiny/config", "/v2/models"):
         assert api_server.request(path)[0] == 404, path
 
 
 def test_the_served_document_is_the_package_file_and_its_labels_are_the_models(api_server, document):
     status, headers, served = api_server.request("/openapi.json")
     assert status == 200 and headers["Content-Type"] == "application/json"
-    assert served == document
+    assert served["components"]["schemas"].pop("ModelName")["enum"] == list(SERVED_MODELS)
+    document["components"]["schemas"].pop("ModelName")
+    assert served == document  # the package file, but for the served models
     _, _, labels = api_server.request("/api/labels")
     assert document["components"]["schemas"]["Label"]["enum"] == labels
     assert len(labels) == 80
+
+
+def test_the_documented_model_names_and_versions_are_the_ones_served(api_server, document):
+    """What the path parameters allow is what answers: every name and version ready, and no other."""
+    _, _, served = api_server.request("/openapi.json")
+    names = served["components"]["schemas"]["ModelName"]["enum"]
+    versions = document["components"]["parameters"]["version"]["schema"]["enum"]
+    assert names == list(SERVED_MODELS)
+    _, _, listed = api_server.request("/api/models")
+    assert [model["name"] for model in listed] == names and [model["default"] for model in listed] == [True, False]
+    for name in names:
+        _, _, metadata = api_server.request(f"/v2/models/{name}")
+        assert metadata["versions"] == versions, name
+        for version in versions:
+            assert api_server.request(f"/v2/models/{name}/versions/{version}/ready")[0] == 200, (name, version)
+    assert api_server.request("/v2/models/" + "-".join(names) + "-other/ready")[0] == 404
 
 
 def test_the_live_server_keeps_its_contract_under_fuzzing(api_server, tmp_path):

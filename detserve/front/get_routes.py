@@ -1,12 +1,15 @@
 """The GET routes: what each path answers, read from the server's state. A table, not branches.
 
 Each route is a function (state, request headers) -> Answer; the handler
-writes the Answer. With POST /api/ and the page's assets, GET_ROUTES is every
-route the server answers, and what openapi.json documents.
+writes the Answer. With the wire formats' routes (front/formats: their
+detection routes and the fixed answers some give, as FixedRoute) and the
+page's assets, GET_ROUTES is every route the server answers, and what
+openapi.json documents.
 """
 
 import json
 from dataclasses import dataclass, field
+from typing import Callable, Tuple
 
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..refusals import not_found
@@ -28,6 +31,15 @@ class Answer:
     body: bytes
     content_type: str
     headers: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FixedRoute:
+    """A route a wire format answers from the server's state alone, without a worker."""
+
+    label: str  # the metrics label: the route's template, never a client's value
+    answer: Callable  # (state, request headers) -> Answer, or raise a Refusal
+    methods: Tuple[str, ...] = ("GET", "HEAD")
 
 
 def json_answer(status, payload):
@@ -76,7 +88,7 @@ def models(state, headers):
 
 
 def openapi_document(state, headers):
-    return Answer(200, openapi.document(), JSON_MEDIA_TYPE)
+    return Answer(200, openapi.document(state.model_names), JSON_MEDIA_TYPE)
 
 
 GET_ROUTES = {"/": root, "/healthz": healthz, "/readyz": readyz, "/metrics": metrics,

@@ -4,8 +4,9 @@ Every refusal is a Refusal raised where its check is (admission, body
 budget, body reader, pool, a route, a worker's answer) and turned into an
 answer, a metric and a log line here, in _refuse, in the words of the
 route's wire format. How a head is read and a connection closed is
-StrictRequestHandler's; what each GET path answers is get_routes'; how a
-detection request is run is the exchange's.
+StrictRequestHandler's; what each GET path answers is get_routes' (and,
+for a wire format's fixed routes, the format's); how a detection request
+is run is the exchange's.
 """
 
 import logging
@@ -21,7 +22,6 @@ from ..refusals import Refusal, http_error, internal_error, method_not_allowed, 
 from . import formats, get_routes, page
 from .body_reader import read_body
 from .exchange import DetectionExchange
-from .formats import native
 from .get_routes import GET_ROUTES
 from .strict_handler import StrictRequestHandler
 
@@ -45,7 +45,7 @@ class DetectionRequestHandler(StrictRequestHandler):
         self.request_id = None
         self._route = "other"  # the metrics label
         self._model = ""  # the model that ran, for the metrics; "" when none did
-        self._wire_format = native  # whose words a refusal is answered in
+        self._wire_format = formats.DEFAULT_FORMAT  # whose words a refusal is answered in
         self._detection_route = False  # refusals of detection routes count in detserve_rejected_total
         self._log = {"image_id": None, "batch_size": None, "error": None}
 
@@ -77,6 +77,13 @@ class DetectionRequestHandler(StrictRequestHandler):
 
     def _dispatch(self, method):
         path = urlsplit(self.path).path
+        self._wire_format = formats.owner_of(path)
+        fixed_route = formats.fixed_route_for(path)
+        if fixed_route is not None:  # a format's route that no worker answers (before its detection paths)
+            self._wire_format, route = fixed_route
+            self._route = route.label
+            self._check_method(method, route.methods)
+            return self._send_answer(route.answer(self.server.state, self.headers))
         detection_route = formats.route_for(path)
         if detection_route is not None:
             self._wire_format, self._route, params = detection_route
@@ -91,7 +98,7 @@ class DetectionRequestHandler(StrictRequestHandler):
             self._route = page.ASSET_PREFIX  # one metrics label for every asset, known or not
             self._check_method(method, ("GET", "HEAD"))
             return self._send_answer(get_routes.asset(page.find_asset(path), path))
-        raise not_found(f"no such path {path!r}; the API is POST /api/")
+        raise not_found(self._wire_format.no_route_message(path))
 
     def _check_method(self, method, allowed):
         if method not in allowed:

@@ -9,12 +9,25 @@ NAME = "native"
 ROUTE_LABEL = "/api/"
 PATHS = ("/api/", "/api")
 OPENAPI_PATHS = ("/api/",)  # the paths as openapi.json documents them
+OPENAPI_FIXED_PATHS = ()  # its GET routes are the server's own (get_routes)
 ACCEPTED_MEDIA_TYPES = (JSON_MEDIA_TYPE, *IMAGE_MEDIA_TYPES)
 ERROR_CONTENT_TYPE = JSON_MEDIA_TYPE
 
 
+def owns(path):
+    return False  # the default owner of every path no format claims
+
+
 def match(path):
     return (ROUTE_LABEL, {}) if path in PATHS else None
+
+
+def match_fixed(path):
+    return None
+
+
+def no_route_message(path):
+    return f"no such path {path[:100]!r}; the API is POST /api/"
 
 
 def media_type(headers):
@@ -23,7 +36,7 @@ def media_type(headers):
                                 "send application/json (or a raw image/jpeg or image/png body)")
 
 
-def task_fields(options, params):
+def task_fields(headers, options, params, model_names):
     return {}
 
 

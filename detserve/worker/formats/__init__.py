@@ -10,6 +10,6 @@ A format's refusals are worded in the front end (front/formats/), which
 knows how its clients expect an error to look.
 """
 
-from . import native
+from . import native, open_inference
 
-WORKER_FORMATS = {native.NAME: native}
+WORKER_FORMATS = {module.NAME: module for module in (native, open_inference)}
