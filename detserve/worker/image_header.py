@@ -182,6 +182,8 @@ class _JpegFrame:
         if count == 0 or len(fields) < 3 * count:
             raise ImageHeaderError("the JPEG's frame header lists no components or is cut short")
         sampling = {fields[i]: (fields[i + 1] >> 4, fields[i + 1] & 0x0F) for i in range(0, 3 * count, 3)}
+        if len(sampling) != count:  # the blocks would be counted for fewer components than are decoded
+            raise ImageHeaderError("the JPEG's frame header lists a component twice")
         if not all(1 <= h <= 4 and 1 <= v <= 4 for h, v in sampling.values()):
             raise ImageHeaderError("the JPEG's frame header gives a sampling factor outside 1-4")
         return cls(width, height, JPEG_CODINGS[marker], sampling)
