@@ -160,7 +160,7 @@ def test_the_jpeg_header_counts_the_blocks_every_scan_walks():
 
 
 def test_an_arithmetic_coded_jpeg_is_refused_and_a_lossless_one_decodes_at_its_size():
-    """Arithmetic decoding costs a 170-byte file about as much per pixel as a real photo: refused.
+    """Arithmetic decoding makes up every block of a file of a few hundred bytes, at a photo's cost: refused.
     A lossless JPEG has no DCT to reduce: decoded in full, and its size is its own (not transposed)."""
     refusal = refusal_of(lambda: decode_image(request_of(flat_jpeg(2000, 1500, 0xC9)), MAX_PIXELS))
     assert refusal.status == 400 and "arithmetic coding" in refusal.message and "baseline" in refusal.message
