@@ -44,14 +44,14 @@ class DecodedImage:
 # it: a larger budget lets one request hold it longer (15 crafted PNGs in one body held
 # a worker for 24 s when a pixel of any format was priced like a JPEG's); a smaller one
 # refuses ordinary large photos. Half a second admits a 12 MP photo as a JPEG (annotated
-# too: 0.26 s for a progressive one) or an 8-bit PNG, and a 40 MP JPEG answered as JSON;
-# it refuses a 40 MP 16-bit interlaced PNG (2.3 s) and a 40 MP RGB PNG (0.86 s).
+# too: 0.27 s for a progressive one) or an 8-bit PNG, and a 40 MP JPEG answered as JSON;
+# it refuses a 40 MP 16-bit interlaced PNG (2.5 s) and a 40 MP RGB PNG (0.96 s).
 DECODE_BUDGET_NS = 500_000_000
 
 # The costs below were measured with studies/decode_cost.py (one thread, median of 5,
-# CPU time, a 2-core x86 VM); each is the highest the study found for what the header
-# tells, rounded up by about a fifth (repeated runs vary that much), so that a price
-# stays above the decode it stands for. A faster machine is only over-charged.
+# CPU time, a 2-core x86 VM shared with other work); each is the highest two runs found
+# for what the header tells, plus about a tenth, so that a price stays above the decode
+# it stands for. A faster or quieter machine is only over-charged.
 #
 # PNG: nanoseconds per pixel by (colour type, 16-bit or not): (not interlaced, Adam7
 # interlaced). Depths under 8 bits cost no more than 8 (libpng expands them). The row
@@ -59,35 +59,36 @@ DECODE_BUDGET_NS = 500_000_000
 # unpredictable bytes: its worst, which a small file reaches (one random row repeated
 # compresses to a few KB per megapixel and costs as much as noise).
 PNG_NS_PER_PIXEL = {
-    ("gray", False): (8.0, 11.0),
-    ("palette", False): (9.0, 12.0),
-    ("gray", True): (17.5, 20.5),
-    ("gray+alpha", False): (16.5, 19.5),
-    ("gray+alpha", True): (29.0, 32.0),
-    ("RGB", False): (21.5, 26.0),
-    ("RGB", True): (44.5, 49.0),
-    ("RGBA", False): (27.5, 31.5),
-    ("RGBA", True): (54.0, 57.5),
+    ("gray", False): (9.0, 13.5),
+    ("palette", False): (10.5, 13.5),
+    ("gray", True): (19.0, 22.5),
+    ("gray+alpha", False): (17.5, 23.0),
+    ("gray+alpha", True): (33.5, 40.5),
+    ("RGB", False): (24.0, 27.0),
+    ("RGB", True): (47.0, 53.0),
+    ("RGBA", False): (30.5, 31.0),
+    ("RGBA", True): (55.5, 63.5),
 }
 # libpng inflates every zTXt, iTXt and iCCP chunk while OpenCV reads the header (twice:
 # once to size it), whatever the pixels, up to its per-chunk limit; deflate packs at most
 # 1032 bytes into one. So each such chunk costs up to 1032 inflated bytes per byte, capped
-# at the limit: a 1 KB comment is priced 4 ms, the 8 MB a chunk can reach 34 ms.
-PNG_INFLATE_NS_PER_BYTE = 4.2
+# at the limit: a 1 KB comment is priced 5 ms, the 8 MB a chunk can reach 38 ms.
+PNG_INFLATE_NS_PER_BYTE = 4.7
 DEFLATE_MAX_RATIO = 1032
 LIBPNG_CHUNK_LIMIT_BYTES = 8_000_000
 # JPEG: three parts. Entropy decoding reads every byte of the file at every scale
-# (noise-filled photos: 9-11 ns a byte baseline, 26 progressive); a progressive scan
-# walks every 8x8 block of its components again (about 40 ns a block for a refinement
+# (noise-filled photos: 9-12 ns a byte baseline, 26-30 progressive); a progressive scan
+# walks every 8x8 block of its components again (about 45 ns a block for a refinement
 # scan that holds almost nothing: 100 such scans cost a 12 MP file of 70 KB 0.8 s); and
 # the output (inverse DCT, upsampling, colour conversion) costs per pixel by the scale
-# libjpeg decodes at, highest for CMYK. A lossless JPEG has no DCT: each sample is
-# decoded on its own (12-13 ns a pixel from a file of 1 bit a sample), never reduced.
-JPEG_NS_PER_FILE_BYTE = {"baseline": 12.0, "progressive": 28.0, "lossless": 12.0}
-JPEG_NS_PER_PROGRESSIVE_BLOCK_SCAN = 45.0
-JPEG_OUTPUT_NS_PER_PIXEL = {1: 5.2, 2: 1.6, 4: 1.2, 8: 0.8}
+# libjpeg decodes at, more for CMYK, whose conversion to BGR OpenCV does itself. A
+# lossless JPEG has no DCT: each sample is decoded on its own (13-14 ns a pixel from a
+# file of 1 bit a sample), never reduced.
+JPEG_NS_PER_FILE_BYTE = {"baseline": 13.0, "progressive": 32.0, "lossless": 13.0}
+JPEG_NS_PER_PROGRESSIVE_BLOCK_SCAN = 50.0
+JPEG_OUTPUT_NS_PER_PIXEL = {1: 5.2, 2: 2.0, 4: 1.6, 8: 1.2}  # by scale factor: gray, YCbCr
+JPEG_CMYK_OUTPUT_NS_PER_PIXEL = {1: 9.0, 2: 2.8, 4: 2.2, 8: 1.6}
 JPEG_LOSSLESS_NS_PER_PIXEL = 12.0
-
 
 def decode_cost_ns(header, factor=1):
     """The estimated nanoseconds of one core cv2.imdecode spends on this image at 1/factor scale."""
@@ -101,7 +102,8 @@ def decode_cost_ns(header, factor=1):
     if header.coding == "lossless":
         return entropy_ns + header.pixels * JPEG_LOSSLESS_NS_PER_PIXEL
     scans_ns = header.block_scans * JPEG_NS_PER_PROGRESSIVE_BLOCK_SCAN if header.coding == "progressive" else 0
-    return entropy_ns + scans_ns + header.pixels * JPEG_OUTPUT_NS_PER_PIXEL[factor]
+    output = JPEG_CMYK_OUTPUT_NS_PER_PIXEL if header.components == 4 else JPEG_OUTPUT_NS_PER_PIXEL
+    return entropy_ns + scans_ns + header.pixels * output[factor]
 
 
 class DecodeBudget:

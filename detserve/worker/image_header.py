@@ -60,6 +60,7 @@ class ImageHeader:
     # JPEG only
     coding: str = ""  # "baseline", "progressive" or "lossless"
     block_scans: int = 0  # 8x8 coefficient blocks walked, summed over the scans
+    components: int = 0  # 1 gray, 3 YCbCr, 4 CMYK (which OpenCV converts to BGR itself, slowly)
     # PNG only
     bit_depth: int = 0  # bits per sample
     colour_type: str = ""  # "gray", "gray+alpha", "RGB", "RGBA" or "palette"
@@ -157,7 +158,8 @@ def _read_jpeg(data):
             if scans > MAX_JPEG_SCANS:
                 raise ImageHeaderError(f"the JPEG has {scans} scans, more than the {MAX_JPEG_SCANS} allowed")
             return ImageHeader("JPEG", frame.width, frame.height, file_bytes=len(data), scans=scans,
-                               coding=frame.coding, block_scans=frame.block_scans(data, pos))
+                               coding=frame.coding, block_scans=frame.block_scans(data, pos),
+                               components=len(frame.sampling))
         pos += 2 + length
     raise ImageHeaderError("the JPEG is truncated (it ends before its image data)")
 
