@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 
 from bench.proc_stats import rss_mb
+from detserve.worker.image_decoding import DECODE_BUDGET_NS, decode_cost_ns, reduction_factor
+from detserve.worker.image_header import read_header
 from reference import assert_same_detections, reference_detections
 from support import ServerProcess, b64, camera_jpeg, metric_value, read_response
 
@@ -212,18 +214,23 @@ def test_an_ordinary_12_mp_progressive_jpeg_is_still_served(json_log_server):
 
 
 def test_the_decoding_budget_covers_all_the_images_of_a_request(json_log_server):
-    """Finding 4, the same amplification through a multi-image body: six 12 MP progressive photos
-    (10 scans, 120 million pixel-scans each) fit the budget of 600 million five times; the sixth
-    gets its own 413, and the five before it their detections."""
+    """The same amplification through a multi-image body: 12 MP progressive photos fit one
+    request's decoding budget only so many times; the ones past it get their own 413, and the
+    ones before it their detections."""
     photo = progressive_jpeg(cv2.resize(cv2.imdecode(np.frombuffer(camera_jpeg(), np.uint8), cv2.IMREAD_COLOR),
                                         (4000, 3000), interpolation=cv2.INTER_CUBIC))
-    body = {"images": [{"id": f"p{i}", "image": b64(photo)} for i in range(6)]}
+    header = read_header(photo)
+    fitting = int(DECODE_BUDGET_NS // decode_cost_ns(header, reduction_factor(header, "auto")))
+    assert 2 <= fitting <= 8, fitting  # an ordinary photo: several fit, sixteen do not
+    count = fitting + 2
+    body = {"images": [{"id": f"p{i}", "image": b64(photo)} for i in range(count)]}
     status, _, payload = json_log_server.request("/api/", body, timeout_s=120)
     assert status == 200, payload
     results = payload["results"]
-    assert [r["id"] for r in results] == [f"p{i}" for i in range(6)]
-    assert all("detections" in r for r in results[:5]), results
-    assert results[5]["status"] == 413 and "pixel-scans" in results[5]["error"], results[5]
+    assert [r["id"] for r in results] == [f"p{i}" for i in range(count)]
+    assert all("detections" in r for r in results[:fitting]), results
+    for refused in results[fitting:]:
+        assert refused["status"] == 413 and " ms " in refused["error"], refused
 
 
 # == Finding 5: lenient header parsing ===============================================================

@@ -30,10 +30,10 @@ from ..protocol import TaskHeader, decode_task_header, encode_task_header
 from .batch_runner import BatchRunner
 from .cpu_budget import available_cpus
 from .detector import Detection, Detector
-from .image_decoding import reduction_factor
-from .image_header import read_header
+from .image_decoding import decode_cost_ns, reduction_factor
+from .image_header import ImageHeaderError, read_header
 
-__all__ = ["Answer", "ImageFacts", "Pipeline", "available_cpus", "load_detector"]
+__all__ = ["Answer", "ImageFacts", "Pipeline", "available_cpus", "decode_price_ns", "load_detector"]
 WORKER_INDEX = 0  # this process plays the one worker of a one-worker pool
 
 
@@ -45,6 +45,15 @@ def load_detector(model_dir=DEFAULT_MODEL_DIR, model=DEFAULT_MODEL.name):
     detector = Detector(model_dir, parse_model_choice(model))
     detector.warm_up()
     return detector
+
+
+def decode_price_ns(image_bytes, factor=1):
+    """What a worker's decode budget charges for decoding image_bytes at 1/factor scale; None if refused unread."""
+    try:
+        header = read_header(image_bytes)
+    except ImageHeaderError:
+        return None
+    return decode_cost_ns(header, factor)
 
 
 @dataclass(frozen=True)

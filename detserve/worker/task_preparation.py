@@ -94,17 +94,19 @@ class TaskPreparation:
                 raise bad_request('"model" is chosen once per request, at its top level, not per image')
             options = detection_options.resolve(base_options, request.option_fields, self.labels_by_model)
             decoded = decode_image(request, self.config.max_pixels, self.config.decode_reduction, budget)
-            drawn = self._pixels_to_draw_on(request, decoded, options) if header.output_format != "json" else None
+            annotated = header.output_format != "json"
+            drawn = self._pixels_to_draw_on(request, decoded, options, budget) if annotated else None
             network_pixels = self.detectors[options.model].network_input(decoded.pixels)
             return ImageJob(request.image_id, options, network_pixels, decoded.original_size_px, drawn)
 
-    def _pixels_to_draw_on(self, request, decoded, options):
+    def _pixels_to_draw_on(self, request, decoded, options, budget):
         """The picture an annotated answer is drawn on: never upscaled from a reduced decode.
 
         The detections come from the same decode as a JSON answer's, so both agree;
-        only when that decode is smaller than the answer is the image decoded again.
+        only when that decode is smaller than the answer is the image decoded again, and
+        that second decode is priced from the request's budget like the first.
         """
         out_w, out_h = output_size_px(decoded.original_size_px, options.max_side_px)
         if max(decoded.pixels.shape[:2]) >= max(out_w, out_h):
             return decoded.pixels
-        return decode_image(request, self.config.max_pixels, "off").pixels
+        return decode_image(request, self.config.max_pixels, "off", budget, full_redecode=True).pixels
