@@ -201,9 +201,9 @@ def _part_headers(header_text, number):
     headers = {}
     for line in header_text.split("\r\n") if header_text else ():
         name, colon, value = line.partition(":")
-        if not colon or not name or name != name.strip():
+        if not colon or not name or name != name.strip() or "\r" in line or "\n" in line:
             raise Refusal(400, f"part {number} has a malformed header line {shown(line)} "
-                               "(expected 'Name: value', not folded)")
+                               "(expected 'Name: value' on one CRLF-ended line)")
         key = name.lower()
         if key in headers:
             raise Refusal(400, f"part {number} has two {name} headers")
