@@ -1,4 +1,4 @@
-"""Parse a multipart/form-data body into its text fields and file parts, strictly and in bounded time (runs in the workers).
+"""Parse a multipart/form-data body into its text fields and file parts, strictly, in bounded time (runs in the workers).
 
 The body is the request's bytes as the front end read them; the Content-Type
 header value carries the boundary. The form's parts are split by a scan with
