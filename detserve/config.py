@@ -74,8 +74,8 @@ HELP = {
     "request_timeout_s": "deadline of a request, from arrival; past it the client gets 504",
     "drain_timeout_s": "on SIGTERM/SIGINT, how long accepted requests may take to finish",
     "client_timeout_s": "idle or slow client connections are closed after this",
-    "max_body_mb": "largest request body accepted (413 above it)",
-    "max_body_buffer_mb": "request body bytes the front end holds at once, across all connections "
+    "max_body_mb": "largest request body accepted, in MiB (413 above it)",
+    "max_body_buffer_mb": "request body MiB the front end holds at once, across all connections "
                           "(a body that would pass it is refused with 503 before it is read)",
     "max_connections": "open client connections (each has a thread); beyond it a new one gets 503 and is closed",
     "max_pixels": "largest image accepted, width x height (413 above it), checked before decoding",
