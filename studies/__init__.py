@@ -9,9 +9,10 @@ decode_accuracy   detections with --decode-reduction auto against off
 decode_memory     a worker's peak memory after one large upload, auto against off
 front_end_memory  the front end's memory with every connection and body byte it allows
 multi_image       one 16-image request against 16 single requests
+multipart_parsers the worker's multipart parser against the standard library's email parser
 soak              thousands of requests, and the resident memory of every process
 
 A study drives the server through bench (ServerProcess, run_load) or, when it
-needs what a worker does without the server, detserve.worker.pipeline; no
-study imports another.
+needs what a worker does without the server, detserve.worker.pipeline (a
+study of one part of the worker, that part); no study imports another.
 """

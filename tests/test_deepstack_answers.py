@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from detserve.model_files import DEFAULT_MODEL_DIR, read_labels
-from detserve.protocol import Refusal
+from detserve.refusals import Refusal
 from detserve.worker.deepstack_answers import (DEFAULT_MIN_CONFIDENCE, deepstack_label, detection_answer,
                                                error_answer, min_confidence, model_spelling, models_answer,
                                                predictions)

@@ -4,7 +4,7 @@ What `requests` (and so deepstack-python) and curl send is captured by a tiny
 stdlib HTTP server on port 0, then parsed: the fields and the exact image
 bytes must come out. Every hostile body is a Refusal with a message naming
 the problem; a bounded fuzz loop checks that nothing else ever escapes.
-The parser's speed on 20 MB bodies is measured by bench.multipart_parsers,
+The parser's speed on 20 MB bodies is measured by studies.multipart_parsers,
 not asserted here.
 """
 
@@ -18,7 +18,7 @@ import pytest
 import requests
 from deepstack.core import DeepstackObject
 
-from detserve.protocol import Refusal
+from detserve.refusals import Refusal
 from detserve.worker.image_header import ImageHeaderError, read_header
 from detserve.worker.multipart import (MAX_FIELD_BYTES, MAX_PART_HEADER_BYTES, MAX_PARTS, MultipartForm,
                                        parse_form)

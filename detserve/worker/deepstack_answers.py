@@ -23,7 +23,7 @@ and .bbox = (x, y, w, h) in the image's pixels) and the image's size.
 
 import math
 
-from ..protocol import Refusal
+from ..refusals import bad_request
 
 # DeepStack's own default, for a request that names no min_confidence. deepstack-python
 # always sends one (0.45 unless told otherwise); Frigate and Blue Iris may not.
@@ -111,5 +111,5 @@ def min_confidence(form_value=None, query_value=None):
         number = math.nan
     if not (math.isfinite(number) and 0 < number <= 1):
         shown = repr(raw) if len(raw) <= MAX_SHOWN_CHARS else repr(raw[:MAX_SHOWN_CHARS - 3] + "...")
-        raise Refusal(400, f"min_confidence must be a number in (0, 1], such as 0.4, not {shown}")
+        raise bad_request(f"min_confidence must be a number in (0, 1], such as 0.4, not {shown}")
     return number

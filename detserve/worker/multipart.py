@@ -11,7 +11,7 @@ scan and not used: it turns the bytes into a str, splits that into lines and
 joins them back, so on a 19.5 MiB upload (the front end's limit is 20 MB) it
 took 994 ms and allocated 207 MiB at its peak, 10.6 times the body, where the
 scan took 8 ms and 19.5 MiB, the one copy of the image (``python -m
-bench.multipart_parsers``, 2-core machine, 2026-12).
+studies.multipart_parsers``, 2-core machine, 2026-12).
 
 Strict, because a detector has no use for the rest of MIME: at most
 MAX_PARTS parts, each with a header block of at most MAX_PART_HEADER_BYTES
@@ -30,7 +30,7 @@ import re
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-from ..protocol import Refusal
+from ..refusals import bad_request, unsupported_media_type
 
 FORM_MEDIA_TYPE = "multipart/form-data"
 # An image and a handful of option fields fill a detection form; real clients send
@@ -78,10 +78,10 @@ class MultipartForm:
         if chosen is None and self.files:
             chosen = self.files[0]  # every other file part has a filename
         if chosen is None:
-            raise Refusal(400, 'the form has no image; send it as a file part named "image" '
+            raise bad_request('the form has no image; send it as a file part named "image" '
                                "(curl -F image=@photo.jpg)")
         if not chosen.content:
-            raise Refusal(400, f"the form's image part {shown(chosen.name)} is empty")
+            raise bad_request(f"the form's image part {shown(chosen.name)} is empty")
         return chosen
 
 
@@ -95,12 +95,12 @@ def form_boundary(content_type):
     """The boundary (bytes) of a multipart/form-data Content-Type header value, or raise Refusal."""
     media_type, parameters = header_parameters(content_type, "Content-Type")
     if media_type != FORM_MEDIA_TYPE:
-        raise Refusal(415, f"the body is {shown(media_type)}, not {FORM_MEDIA_TYPE}")
+        raise unsupported_media_type(f"the body is {shown(media_type)}, not {FORM_MEDIA_TYPE}")
     boundary = parameters.get("boundary")
     if boundary is None:
-        raise Refusal(400, f"Content-Type {FORM_MEDIA_TYPE} has no boundary parameter")
+        raise bad_request(f"Content-Type {FORM_MEDIA_TYPE} has no boundary parameter")
     if not BOUNDARY.fullmatch(boundary):
-        raise Refusal(400, f"the multipart boundary {shown(boundary)} is not 1 to 70 of the characters "
+        raise bad_request(f"the multipart boundary {shown(boundary)} is not 1 to 70 of the characters "
                            "RFC 2046 allows (letters, digits, '()+_,-./:=? and a space not last)")
     return boundary.encode("ascii")
 
@@ -112,10 +112,10 @@ def header_parameters(value, header_name):
     while pos < len(text):
         match = PARAMETER.match(text, pos)
         if match is None:
-            raise Refusal(400, f"{header_name} has a malformed parameter at {shown(text[pos:])}")
+            raise bad_request(f"{header_name} has a malformed parameter at {shown(text[pos:])}")
         name = match[1].lower()
         if name in parameters:
-            raise Refusal(400, f"{header_name} has two {shown(name)} parameters")
+            raise bad_request(f"{header_name} has two {shown(name)} parameters")
         parameters[name] = QUOTED_PAIR.sub(r"\1", match[2]) if match[2] is not None else match[3]
         pos = match.end()
     return kind.strip().lower(), parameters
@@ -135,11 +135,11 @@ def _part_spans(body, boundary):
         number = len(spans) + 1
         pos = _after_padding(body, pos, boundary)
         if number > MAX_PARTS:
-            raise Refusal(400, f"the form has more than {MAX_PARTS} parts")
+            raise bad_request(f"the form has more than {MAX_PARTS} parts")
         headers, content_start = _header_block(body, pos, number)
         content_end = body.find(delimiter, content_start)
         if content_end < 0:
-            raise Refusal(400, f"the form ends inside part {number}: its closing boundary "
+            raise bad_request(f"the form ends inside part {number}: its closing boundary "
                                f"{shown('--' + boundary.decode() + '--')} is missing")
         spans.append((number, headers, content_start, content_end))
         pos = content_end + len(delimiter)
@@ -152,7 +152,7 @@ def _first_delimiter_end(body, boundary, delimiter):
         return len(boundary) + 2
     found = body.find(delimiter)
     if found < 0:
-        raise Refusal(400, f"the body never contains the boundary {shown(boundary.decode())} "
+        raise bad_request(f"the body never contains the boundary {shown(boundary.decode())} "
                            "its Content-Type gives")
     return found + len(delimiter)
 
@@ -163,8 +163,8 @@ def _after_padding(body, pos, boundary):
     if match is not None:
         return match.end()
     if pos >= len(body):
-        raise Refusal(400, f"the form has no closing boundary {shown('--' + boundary.decode() + '--')}")
-    raise Refusal(400, "a multipart boundary is followed by something other than a CRLF line break "
+        raise bad_request(f"the form has no closing boundary {shown('--' + boundary.decode() + '--')}")
+    raise bad_request("a multipart boundary is followed by something other than a CRLF line break "
                        "(the body's line breaks must be CRLF, and no part may contain the boundary)")
 
 
@@ -175,9 +175,9 @@ def _header_block(body, pos, number):
     end = body.find(b"\r\n\r\n", pos, pos + MAX_PART_HEADER_BYTES + 4)
     if end < 0:
         if len(body) - pos > MAX_PART_HEADER_BYTES:
-            raise Refusal(400, f"part {number}'s headers are over {MAX_PART_HEADER_BYTES // 1024} KiB, "
+            raise bad_request(f"part {number}'s headers are over {MAX_PART_HEADER_BYTES // 1024} KiB, "
                                "or do not end with a blank line")
-        raise Refusal(400, f"part {number}'s headers do not end with a blank line (CRLF CRLF)")
+        raise bad_request(f"part {number}'s headers do not end with a blank line (CRLF CRLF)")
     return body[pos:end].decode("utf-8", "replace"), end + 4
 
 
@@ -187,7 +187,7 @@ def _form_of(body, spans):
     for number, header_text, start, end in spans:
         name, filename = _part_name(_part_headers(header_text, number), number)
         if name in fields or any(part.name == name for part in files):
-            raise Refusal(400, f"the form has two parts named {shown(name)}; send each field once "
+            raise bad_request(f"the form has two parts named {shown(name)}; send each field once "
                                "and one image per request")
         if filename is not None or name in IMAGE_PART_NAMES:
             files.append(FilePart(name, filename, body[start:end]))
@@ -202,11 +202,11 @@ def _part_headers(header_text, number):
     for line in header_text.split("\r\n") if header_text else ():
         name, colon, value = line.partition(":")
         if not colon or not name or name != name.strip() or "\r" in line or "\n" in line:
-            raise Refusal(400, f"part {number} has a malformed header line {shown(line)} "
+            raise bad_request(f"part {number} has a malformed header line {shown(line)} "
                                "(expected 'Name: value' on one CRLF-ended line)")
         key = name.lower()
         if key in headers:
-            raise Refusal(400, f"part {number} has two {name} headers")
+            raise bad_request(f"part {number} has two {name} headers")
         headers[key] = value.strip()
     return headers
 
@@ -215,29 +215,29 @@ def _part_name(headers, number):
     """(name, filename or None) of a part, after refusing what this parser does not take."""
     media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type.startswith("multipart/"):
-        raise Refusal(400, f"part {number} is itself multipart ({shown(media_type)}); nested multipart "
+        raise bad_request(f"part {number} is itself multipart ({shown(media_type)}); nested multipart "
                            "is not accepted, send the image as a part of its own")
     encoding = headers.get("content-transfer-encoding", "binary").lower()
     if encoding not in IDENTITY_TRANSFER_ENCODINGS:
-        raise Refusal(400, f"part {number} has Content-Transfer-Encoding {shown(encoding)}; send the bytes "
+        raise bad_request(f"part {number} has Content-Transfer-Encoding {shown(encoding)}; send the bytes "
                            "as they are")
     if "content-disposition" not in headers:
-        raise Refusal(400, f"part {number} has no Content-Disposition header, so no name")
+        raise bad_request(f"part {number} has no Content-Disposition header, so no name")
     kind, parameters = header_parameters(headers["content-disposition"], f"part {number}'s Content-Disposition")
     if kind != "form-data":
-        raise Refusal(400, f"part {number}'s Content-Disposition is {shown(kind)}, not form-data")
+        raise bad_request(f"part {number}'s Content-Disposition is {shown(kind)}, not form-data")
     name = parameters.get("name")
     if not name:
-        raise Refusal(400, f"part {number} has no name (Content-Disposition: form-data; name=\"...\")")
+        raise bad_request(f"part {number} has no name (Content-Disposition: form-data; name=\"...\")")
     filename = parameters.get("filename", parameters.get("filename*"))
     return name, filename
 
 
 def _field_text(body, start, end, name):
     if end - start > MAX_FIELD_BYTES:
-        raise Refusal(400, f"the form field {shown(name)} is over {MAX_FIELD_BYTES // 1024} KiB; "
+        raise bad_request(f"the form field {shown(name)} is over {MAX_FIELD_BYTES // 1024} KiB; "
                            'send the image as a file part (named "image")')
     try:
         return body[start:end].decode("utf-8")
     except UnicodeDecodeError:
-        raise Refusal(400, f"the form field {shown(name)} is not UTF-8 text") from None
+        raise bad_request(f"the form field {shown(name)} is not UTF-8 text") from None

@@ -1,4 +1,4 @@
-"""The worker's multipart parser against the standard library's email parser: `python -m bench.multipart_parsers`.
+"""The worker's multipart parser against the standard library's email parser: `python -m studies.multipart_parsers`.
 
 Builds a body the way `requests` does for `files={"image": ...}, data={...}`
 with an image part of --mb megabytes (default 19.5, under the front end's
@@ -20,7 +20,7 @@ import sys
 import time
 import tracemalloc
 
-from detserve.protocol import Refusal
+from detserve.refusals import Refusal
 from detserve.worker.multipart import parse_form
 
 BOUNDARY = "5a60fe3dcfd3846431dea061e9e755eb"
