@@ -9,9 +9,10 @@ import pytest
 
 from detserve.model_files import DEFAULT_MODEL_DIR, read_labels
 from detserve.refusals import Refusal
-from detserve.worker.deepstack_answers import (DEFAULT_MIN_CONFIDENCE, deepstack_label, detection_answer,
-                                               error_answer, min_confidence, model_spelling, models_answer,
-                                               predictions)
+from detserve.front.formats.deepstack import error_answer
+from detserve.worker.formats.deepstack import DEFAULT_MIN_CONFIDENCE, detection_answer, min_confidence, predictions
+from detserve.worker.label_spellings import coco_2017_label as deepstack_label
+from detserve.worker.label_spellings import model_spelling
 from detserve.worker.detector import Detection
 from reference import reference_detections
 from support import image_bytes, sample_images
@@ -104,10 +105,9 @@ def test_a_model_with_coco_2017_names_takes_darknets_spelling_too():
 
 
 # -- other answers ------------------------------------------------------------------------------------------
-def test_an_error_and_the_models_list_have_deepstacks_form():
+def test_an_error_has_deepstacks_form():
     assert json.loads(json.dumps(error_answer("Incorrect api key"))) == {
         "success": False, "error": "Incorrect api key", "predictions": []}
-    assert models_answer(("yolov3-tiny",)) == {"success": True, "models": ["yolov3-tiny"]}
 
 
 # -- min_confidence -----------------------------------------------------------------------------------------

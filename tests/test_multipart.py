@@ -22,25 +22,13 @@ from detserve.refusals import Refusal
 from detserve.worker.image_header import ImageHeaderError, read_header
 from detserve.worker.multipart import (MAX_FIELD_BYTES, MAX_PART_HEADER_BYTES, MAX_PARTS, MultipartForm,
                                        parse_form)
-from support import INPUT_FOLDER, camera_jpeg, image_bytes
+from support import (FORM_BOUNDARY, INPUT_FOLDER, PDF, camera_jpeg, form_content_type, form_part, image_bytes,
+                     multipart_body)
 
-BOUNDARY = "detserve-test-boundary"
-CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
-PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+BOUNDARY = FORM_BOUNDARY
+CONTENT_TYPE = form_content_type()
 FUZZ_SEED, FUZZ_ROUNDS = 20261201, 40_000
-
-
-def part(name, content, filename=None, extra_headers=()):
-    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
-    headers = [f"Content-Disposition: {disposition}", *extra_headers]
-    return "\r\n".join(headers).encode() + b"\r\n\r\n" + content
-
-
-def form(*parts, boundary=BOUNDARY, close=True):
-    """A multipart body of the given parts (each from part() or raw header-and-content bytes)."""
-    dash = b"--" + boundary.encode()
-    body = b"".join(dash + b"\r\n" + p + b"\r\n" for p in parts)
-    return body + (dash + b"--\r\n" if close else b"")
+part, form = form_part, multipart_body
 
 
 def refusal_of(body, content_type=CONTENT_TYPE, image=False):

@@ -4,8 +4,9 @@ Every refusal is a Refusal raised where its check is (admission, body
 budget, body reader, pool, a route, a worker's answer) and turned into an
 answer, a metric and a log line here, in _refuse, in the words of the
 route's wire format. How a head is read and a connection closed is
-StrictRequestHandler's; what each GET path answers is get_routes'; how a
-detection request is run is the exchange's.
+StrictRequestHandler's; what each GET path answers is get_routes' (and a
+format's own fixed routes, its FIXED_ROUTES); how a detection request is run
+is the exchange's.
 """
 
 import logging
@@ -76,6 +77,12 @@ class DetectionRequestHandler(StrictRequestHandler):
 
     def _dispatch(self, method):
         path = urlsplit(self.path).path
+        fixed_route = formats.fixed_route_for(path)
+        if fixed_route is not None:  # a format's route that no worker answers (before its detection paths)
+            self._wire_format, allowed, answer = fixed_route
+            self._route = path
+            self._check_method(method, allowed)
+            return self._send_answer(answer(self.server.state, self.headers))
         detection_route = formats.route_for(path)
         if detection_route is not None:
             self._wire_format, self._route, params = detection_route

@@ -3,7 +3,9 @@
 Options act on post-processing only (thresholds, which detections are kept),
 never on the forward pass, so a batched image with its own options gets
 exactly what it gets alone. Precedence, lowest first: the server's flags, the
-query string, the JSON body's top level, a multi-image entry's own fields.
+query string, a form's fields (text like the query's, so merged with it and
+read by the query's rules), the JSON body's top level, a multi-image entry's
+own fields.
 Every value a client can send is checked here, and a bad one is a 400 that
 says what is accepted: no value can make a worker hang or fail.
 """
@@ -14,16 +16,21 @@ from typing import FrozenSet, Optional
 
 from ..protocol import DETECTION_OPTION_NAMES
 from ..refusals import bad_request
+from .label_spellings import model_spelling
 
 MAX_DETECTIONS_LIMIT = 1000  # more than YOLOv3-tiny's 2,535 candidates ever keep after NMS in practice
 MIN_SIDE_PX, MAX_SIDE_PX = 16, 10_000  # max_side: smaller is unreadable, larger than any accepted image
 LABELS_HINT = "the model's labels are listed at GET /api/labels"
+# agnostic: a box suppresses any less confident box it overlaps; per_class: only one of
+# its own class (darknet's and DeepStack's way). The detector applies the mode.
+NMS_MODES = ("agnostic", "per_class")
 
 
 @dataclass(frozen=True)
 class DetectionOptions:
     confidence: float  # keep a candidate whose class score is above this
-    nms: float  # IoU above which the less confident of two boxes is suppressed (class-agnostic)
+    nms: float  # IoU above which the less confident of two boxes is suppressed
+    nms_mode: str = "agnostic"  # one of NMS_MODES: which two boxes may suppress each other
     classes: Optional[FrozenSet[str]] = None  # keep only these labels, after NMS; None: all
     max_detections: Optional[int] = None  # keep the N most confident, in the answer's order
     max_side_px: Optional[int] = None  # longest side of an annotated image; None: the input's size
@@ -102,7 +109,8 @@ def _integer_in(name, value, low, high, from_query):
 
 
 def _classes(name, names, labels, from_query):
-    wanted = frozenset(label.strip() for label in names)
+    # Either spelling of a COCO label (darknet's motorbike, COCO 2017's motorcycle) names the model's own.
+    wanted = frozenset(model_spelling(label.strip(), labels) for label in names)
     if not names or "" in wanted:
         raise _bad(name, ",".join(names), f"a comma-separated list of labels ({LABELS_HINT})", from_query)
     unknown = sorted(wanted - set(labels))
@@ -120,9 +128,16 @@ def _json_classes(name, value, labels):
     raise _bad(name, value, "a comma-separated string or a list of label strings")
 
 
+def _nms_mode(name, value, labels, from_query):
+    if value not in NMS_MODES:
+        raise _bad(name, value, " or ".join(NMS_MODES), from_query)
+    return value
+
+
 _JSON_PARSERS = {
     "confidence": _json_fraction,
     "nms": _json_fraction,
+    "nms_mode": lambda name, value, labels: _nms_mode(name, value, labels, False),
     "classes": _json_classes,
     "max_detections": lambda name, value, labels: _integer_in(name, value, 1, MAX_DETECTIONS_LIMIT, False),
     "max_side": lambda name, value, labels: _integer_in(name, value, MIN_SIDE_PX, MAX_SIDE_PX, False),
@@ -130,6 +145,7 @@ _JSON_PARSERS = {
 _QUERY_PARSERS = {
     "confidence": _query_fraction,
     "nms": _query_fraction,
+    "nms_mode": lambda name, raw, labels: _nms_mode(name, raw, labels, True),
     "classes": lambda name, raw, labels: _classes(name, raw.split(","), labels, True),
     "max_detections": lambda name, raw, labels: _integer_in(name, raw, 1, MAX_DETECTIONS_LIMIT, True),
     "max_side": lambda name, raw, labels: _integer_in(name, raw, MIN_SIDE_PX, MAX_SIDE_PX, True),

@@ -30,9 +30,9 @@ import re
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
+from ..protocol import FORM_MEDIA_TYPE
 from ..refusals import bad_request, unsupported_media_type
 
-FORM_MEDIA_TYPE = "multipart/form-data"
 # An image and a handful of option fields fill a detection form; real clients send
 # at most five parts. 32 leaves room for HTML forms with extra inputs, and refusing
 # the 33rd part means 10,000 empty parts cost no more than 32.
