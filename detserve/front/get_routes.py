@@ -1,7 +1,8 @@
 """The GET routes: what each path answers, read from the server's state. A table, not branches.
 
 Each route is a function (state, request headers) -> Answer; the handler
-writes the Answer. With POST /api/ and the page's assets, GET_ROUTES is every
+writes the Answer. With the wire formats' routes (their detection paths and
+their FIXED_ROUTES, front/formats) and the page's assets, GET_ROUTES is every
 route the server answers, and what openapi.json documents.
 """
 
