@@ -10,6 +10,7 @@ decode_memory     a worker's peak memory after one large upload, auto against of
 front_end_memory  the front end's memory with every connection and body byte it allows
 multi_image       one 16-image request against 16 single requests
 multipart_parsers the worker's multipart parser against the standard library's email parser
+frigate_latency   Frigate's DeepStack requests at 1, 2 and 4 cameras: the share answered within 100 ms
 soak              thousands of requests, and the resident memory of every process
 
 A study drives the server through bench (ServerProcess, run_load) or, when it
