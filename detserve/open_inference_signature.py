@@ -13,8 +13,6 @@ PLATFORM = "opencv_darknet"  # "<project>_<format>", as the protocol's platform 
 # The binary framing's header: the length, in bytes, of the JSON that opens the body.
 HEADER_LENGTH_FIELD = "Inference-Header-Content-Length"
 BINARY_MEDIA_TYPE = "application/octet-stream"  # what a body with binary tensors after its JSON is
-# The TaskHeader.format_fields key that carries that length, read and checked by the front end, to the worker.
-HEADER_LENGTH_TASK_FIELD = "header_length"
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ STOP = None
 STOP_MESSAGE = b"STOP"
 JSON_MEDIA_TYPE = "application/json"
 IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png")
+FORM_MEDIA_TYPE = "multipart/form-data"  # an upload form: curl -F, HTML forms, DeepStack's clients
 MAX_IMAGE_ID_CHARS = 256
 # The per-request options a client may send, as query parameters or JSON fields;
 # the front end passes the query's raw strings on, the worker validates both.
@@ -59,7 +60,7 @@ class TaskHeader:
     output_format: str = "json"  # a key of OUTPUT_MEDIA_TYPES
     wire_format: str = "native"  # which of worker.formats parses the body and builds the answer
     model: Optional[str] = None  # the model to run; None: the server's default
-    format_fields: dict = field(default_factory=dict)  # what the front end read for the format (str -> str)
+    format_fields: dict = field(default_factory=dict)  # what the front end read for the format (format_fields)
 
 
 def encode_task_header(header):

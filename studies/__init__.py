@@ -9,10 +9,12 @@ decode_accuracy   detections with --decode-reduction auto against off
 decode_memory     a worker's peak memory after one large upload, auto against off
 front_end_memory  the front end's memory with every connection and body byte it allows
 multi_image       one 16-image request against 16 single requests
+multipart_parsers the worker's multipart parser against the standard library's email parser
+frigate_latency   Frigate's DeepStack requests at 1, 2 and 4 cameras: the share answered within 100 ms
 soak              thousands of requests, and the resident memory of every process
 models            each model's worker memory, load time and forward pass per image
 
 A study drives the server through bench (ServerProcess, run_load) or, when it
-needs what a worker does without the server, detserve.worker.pipeline; no
-study imports another.
+needs what a worker does without the server, detserve.worker.pipeline (a
+study of one part of the worker, that part); no study imports another.
 """

@@ -1,5 +1,6 @@
-"""Everything the tests share: sample images, base64, one raw-socket exchange, reading /metrics,
-plain HTTP requests and the server launcher (bench's, so tests and benchmarks start detserve alike).
+"""Everything the tests share: sample images, base64, multipart bodies, one raw-socket exchange,
+reading /metrics, the docs' curl examples, plain HTTP requests and the server launcher (bench's,
+so tests and benchmarks start detserve alike).
 
 Test modules import this module (and ``reference``), never each other; conftest.py holds only fixtures.
 """
@@ -10,16 +11,20 @@ import functools
 import json
 import math
 import re
+import shlex
 import socket
 import struct
+import subprocess
 import zlib
 from dataclasses import dataclass, field
 
 from bench.server_process import REPO_ROOT, ServerFailed, ServerProcess, http_request, worker_pids
 
 __all__ = ["REPO_ROOT", "INPUT_FOLDER", "ServerFailed", "ServerProcess", "http_request", "worker_pids",
-           "sample_images", "image_bytes", "camera_jpeg", "b64", "png_claiming", "RawResponse", "raw_exchange", "read_response",
-           "ExpositionError", "Scrape", "parse_exposition", "scrape_metrics", "metric_value"]
+           "sample_images", "image_bytes", "camera_jpeg", "b64", "png_claiming", "PDF", "FORM_BOUNDARY", "form_part",
+           "multipart_body", "form_content_type", "RawResponse", "raw_exchange", "read_response",
+           "ExpositionError", "Scrape", "parse_exposition", "scrape_metrics", "metric_value",
+           "DocExample", "doc_examples", "run_doc_example"]
 
 INPUT_FOLDER = REPO_ROOT / "inputfolder"
 
@@ -51,6 +56,29 @@ def png_claiming(width, height):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+# -- multipart/form-data bodies, written out by hand -------------------------------------------------
+FORM_BOUNDARY = "detserve-test-boundary"
+PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+
+
+def form_part(name, content, filename=None, extra_headers=()):
+    """One part: its Content-Disposition (and extra header lines), a blank line, its content."""
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+    headers = [f"Content-Disposition: {disposition}", *extra_headers]
+    return "\r\n".join(headers).encode() + b"\r\n\r\n" + content
+
+
+def multipart_body(*parts, boundary=FORM_BOUNDARY, close=True):
+    """A multipart body of the given parts (each from form_part() or raw header-and-content bytes)."""
+    dash = b"--" + boundary.encode()
+    body = b"".join(dash + b"\r\n" + p + b"\r\n" for p in parts)
+    return body + (dash + b"--\r\n" if close else b"")
+
+
+def form_content_type(boundary=FORM_BOUNDARY):
+    return f"multipart/form-data; boundary={boundary}"
 
 
 # -- raw sockets ----------------------------------------------------------------------------------
@@ -367,3 +395,53 @@ def metric_value(srv, name_with_labels):
         labels, end = _parse_labels(name_with_labels, end, name_with_labels)
     assert end == len(name_with_labels), f"not a sample name: {name_with_labels!r}"
     return scrape_metrics(srv).value(name, **labels)
+
+
+# -- the docs' curl examples --------------------------------------------------------------------------
+DOCS = REPO_ROOT / "docs"
+DOC_HOST = "localhost:5050"
+# What differs between two runs of one request: the worker's timings.
+VARYING_FIELDS = ("inferenceMs", "processMs")
+
+
+@dataclass(frozen=True)
+class DocExample:
+    command: str  # as the page shows it, against localhost:5050
+    expected: object = None  # the JSON on the comment line after it (its VARYING_FIELDS left out), if any
+
+
+def doc_examples(page):
+    """Every `curl` line of the ```bash blocks of docs/PAGE, with the answer the page shows for it."""
+    examples, in_bash, lines = [], False, (DOCS / page).read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("```"):
+            in_bash = line.strip() == "```bash"
+        elif in_bash and line.startswith("curl "):
+            following = lines[i + 1] if i + 1 < len(lines) else ""
+            try:
+                expected = json.loads(following[2:]) if following.startswith("# ") else None
+            except ValueError:
+                expected = None
+            examples.append(DocExample(line, _without_varying_fields(expected)))
+    return examples
+
+
+def run_doc_example(example, port, cwd):
+    """The answer of one example against 127.0.0.1:port, run in cwd: JSON (its VARYING_FIELDS left out), or the output.
+
+    cwd must hold (or link to) inputfolder/, as the repository root does; the
+    examples' own output files land there.
+    """
+    command = shlex.split(example.command.replace(DOC_HOST, f"127.0.0.1:{port}"))
+    run = subprocess.run(command, cwd=cwd, capture_output=True, timeout=60)
+    assert run.returncode == 0, (example.command, run.stderr)
+    try:
+        return _without_varying_fields(json.loads(run.stdout))
+    except ValueError:
+        return run.stdout
+
+
+def _without_varying_fields(answer):
+    if isinstance(answer, dict):
+        return {name: value for name, value in answer.items() if name not in VARYING_FIELDS}
+    return answer

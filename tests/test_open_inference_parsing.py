@@ -16,10 +16,10 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from detserve.model_files import DEFAULT_MODEL_DIR
+from detserve.model_files import DEFAULT_MODEL_DIR, DEFAULT_MODELS, parse_model_choice
 from detserve.refusals import Refusal
 from detserve.worker.detection_options import DetectionOptions, resolve
-from detserve.worker.detector import Detection, Detector
+from detserve.worker.detector import Detection, Detector, PostProcessing
 from detserve.worker.open_inference_tensors import (OUTPUT_NAMES, InferenceRequest, RequestedOutput, build_answer,
                                             parse_infer_request)
 from support import image_bytes
@@ -81,14 +81,15 @@ def test_the_detection_options_travel_as_parameters_and_are_validated_as_the_nat
     body, header_length = triton_request([image_bytes("camera.jpg")], parameters=parameters)
     request = parse_infer_request(body, header_length, MAX_IMAGES)
     assert request.option_fields == parameters
-    labels = ("person", "cat", "dog")
-    options = resolve(DetectionOptions(confidence=0.3, nms=0.1), request.option_fields, labels)
-    assert options == DetectionOptions(0.5, 0.4, frozenset({"person", "cat"}), 3)
+    labels_by_model = {"tiny": ("person", "cat", "dog")}
+    base = DetectionOptions(model="tiny", confidence=0.3, nms=0.1)
+    options = resolve(base, request.option_fields, labels_by_model)
+    assert options == DetectionOptions("tiny", 0.5, 0.4, classes=frozenset({"person", "cat"}), max_detections=3)
     for bad in ({"confidence": 2}, {"classes": "unicorn"}, {"max_detections": 0}):
         body, header_length = triton_request([image_bytes("camera.jpg")], parameters=bad)
         fields = parse_infer_request(body, header_length, MAX_IMAGES).option_fields
         with pytest.raises(Refusal) as refused:
-            resolve(DetectionOptions(confidence=0.3, nms=0.1), fields, labels)
+            resolve(base, fields, labels_by_model)
         assert refused.value.status == 400
 
 
@@ -114,14 +115,14 @@ def test_binary_data_output_is_the_default_an_output_own_binary_data_overrides()
 # -- answers, read back with tritonclient's InferResult --------------------------------------------
 @functools.lru_cache(maxsize=1)
 def detector():
-    return Detector(DEFAULT_MODEL_DIR)
+    return Detector(DEFAULT_MODEL_DIR, parse_model_choice(DEFAULT_MODELS))
 
 
 def real_detections(names):
     """The model's detections on inputfolder images, and on a blank image (none) after them."""
     pictures = [cv2.imdecode(np.frombuffer(image_bytes(name), np.uint8), cv2.IMREAD_COLOR) for name in names]
     pictures.append(np.full((300, 400, 3), 127, np.uint8))
-    return detector().detect_batch(pictures)
+    return detector().detect_batch(pictures, None, [PostProcessing(0.3, 0.1)] * len(pictures))
 
 
 def expected_tensors(detections_per_image, labels):

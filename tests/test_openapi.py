@@ -12,7 +12,7 @@ from importlib import resources
 import pytest
 from openapi_spec_validator import validate
 
-from support import ServerProcess, camera_jpeg, metric_value
+from support import ServerProcess, camera_jpeg, form_content_type, form_part, metric_value, multipart_body
 from detserve.front import formats, handler, page
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -102,17 +102,32 @@ PROBES = {  # one real request per documented operation, and the status it must 
     ("/v2/models/{model}/infer", "post"): ("POST", "/v2/models/yolov3-tiny/infer", OIP_REQUEST, 200),
     ("/v2/models/{model}/versions/{version}/infer", "post"): ("POST", "/v2/models/yolov3-tiny/versions/1/infer",
                                                               OIP_REQUEST, 200),
+    ("/v1/vision/detection", "post"): ("POST", "/v1/vision/detection", form_content_type(), 200),
+    ("/v1/vision/custom/{model}", "post"): ("POST", "/v1/vision/custom/yolov3-tiny", form_content_type(), 200),
+    ("/v1/vision/custom/list", "get"): ("GET", "/v1/vision/custom/list", None, 200),
+    ("/v1/vision/custom/list", "post"): ("POST", "/v1/vision/custom/list", None, 200),
+    ("/v1/status/ping", "get"): ("GET", "/v1/status/ping", None, 200),
+    ("/v1/status/updateavailable", "get"): ("GET", "/v1/status/updateavailable", None, 200),
 }
+FORM_BODY = multipart_body(form_part("image", camera_jpeg(), "camera.jpg"))
 
 
 def test_every_documented_operation_answers_and_nothing_else_does(api_server, document):
-    assert set(PROBES) == documented_operations(document)
-    for method, path, body, expected in PROBES.values():
-        headers = {"Content-Type": "image/jpeg"} if isinstance(body, bytes) else {}  # a dict goes as JSON
+    """A probe's body is the camera image raw, a JSON object, or the camera image in a form (a probe
+    naming a form's Content-Type)."""
+    operations = documented_operations(document)
+    assert set(PROBES) == operations
+    for (documented_path, _), (method, path, body, expected) in PROBES.items():
+        headers = {}
+        if isinstance(body, bytes):
+            headers = {"Content-Type": "image/jpeg"}
+        elif isinstance(body, str):
+            headers, body = {"Content-Type": body}, FORM_BODY
         status, _, payload = api_server.request(path, body=body, method=method, headers=headers)
         assert status == expected, (method, path, payload)
         other = "HEAD" if method == "GET" else "GET"
-        assert status_only(api_server, other, path) == (200 if method == "GET" else 405), (other, path)
+        answers_other = method == "GET" or (documented_path, "get") in operations
+        assert status_only(api_server, other, path) == (200 if answers_other else 405), (other, path)
     for path in ("/api/v2", "/openapi.yaml", "/labels", "/docs", "/v2/models/yolov3-tiny/config", "/v2/models"):
         assert api_server.request(path)[0] == 404, path
 
@@ -126,6 +141,9 @@ def test_the_served_document_is_the_package_file_and_its_labels_are_the_models(a
     _, _, labels = api_server.request("/api/labels")
     assert document["components"]["schemas"]["Label"]["enum"] == labels
     assert len(labels) == 80
+    renamed = {"motorbike": "motorcycle", "aeroplane": "airplane", "sofa": "couch", "pottedplant": "potted plant",
+               "diningtable": "dining table", "tvmonitor": "tv"}
+    assert document["components"]["schemas"]["DeepStackLabel"]["enum"] == [renamed.get(l, l) for l in labels]
 
 
 def test_the_documented_model_names_and_versions_are_the_ones_served(api_server, document):

@@ -2,8 +2,9 @@
 
 Each check raises the Refusal it deserves (every one closes the connection,
 since the body stays unread); the handler answers it in one place. Only what
-HTTP knows is checked here (auth, draining, framing): which media types a
-route takes is its wire format's to say, and the body is the workers' to parse.
+HTTP knows is checked here (auth, draining, framing): how a route's clients
+send their key, and which media types it takes, are its wire format's to say
+(its ``authorize`` and ``media_type``), and the body is the workers' to parse.
 """
 
 import hmac
@@ -15,17 +16,20 @@ from ..refusals import (bad_request, cross_site, draining, length_required, too_
 CONTENT_LENGTH = re.compile(r"[ \t]*[0-9]{1,12}[ \t]*")  # ASCII digits only: int() would take '²'
 
 
-def admit(headers, config, is_draining):
-    """The declared body length of a request that may be read, or raise its Refusal."""
+def admit(headers, config, is_draining, authorize):
+    """(the declared body length, the format fields authorize left for the worker), or raise the Refusal.
+
+    authorize is the wire format's: authorize(headers, config) -> format fields.
+    """
     check_not_cross_site(headers, config.allowed_origins)
-    if config.api_key:
-        check_authorized(headers, config.api_key)
+    auth_fields = authorize(headers, config)
     if is_draining:
         raise draining()
-    return body_length(headers, config.max_body_bytes)
+    return body_length(headers, config.max_body_bytes), auth_fields
 
 
 def check_authorized(headers, api_key):
+    """Refuse a request without the bearer token api_key (the check every format starts from)."""
     scheme, _, provided = headers.get("Authorization", "").partition(" ")
     # compare_digest takes the same time wherever the strings differ.
     if scheme.lower() != "bearer" or not hmac.compare_digest(provided.strip().encode(), api_key.encode()):
@@ -77,10 +81,12 @@ def body_length(headers, max_body_bytes):
 
 
 def media_type(headers, accepted, default, hint):
-    """The body's media type if it is one of accepted (no Content-Type: default), else raise the 415."""
+    """The body's media type if it is one of accepted (no Content-Type: default, if any), else raise the 415."""
     raw = headers.get("Content-Type")
-    if raw is None:
+    if raw is None and default is not None:
         return default
+    if raw is None:
+        raise unsupported_media_type(f"the request has no Content-Type; {hint}")
     media = raw.split(";", 1)[0].strip().lower()
     if media not in accepted:
         raise unsupported_media_type(f"Content-Type {media!r} is not accepted; {hint}")

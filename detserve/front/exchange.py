@@ -1,8 +1,8 @@
 """DetectionExchange: one detection request, from its head to its answer, in any wire format.
 
-    admit (auth, draining, framing) ─▶ the format's media type ─▶ the query and Accept, read once
-      ─▶ the format's own fields (its model, its headers) ─▶ reserve the body budget ─▶ read the body
-      ─▶ TaskHeader + body to the pool
+    admit (the format's auth, draining, framing) ─▶ the format's media type
+      ─▶ the query and Accept, read once ─▶ the format's task fields (model, format fields)
+      ─▶ reserve the body budget ─▶ read the body ─▶ TaskHeader + body to the pool
       ─▶ wait for the worker's Result until the deadline ─▶ the handler writes it
 
 The body stays reserved until the answer is written, so the budget counts
@@ -33,18 +33,20 @@ class DetectionExchange:
         """
         state, config = self.state, self.state.config
         arrived_s = time.monotonic()
-        body_length = admission.admit(http.headers, config, state.draining)
+        body_length, auth_fields = admission.admit(http.headers, config, state.draining, wire_format.authorize)
         media_type = wire_format.media_type(http.headers)
         options = request_options.parse(urlsplit(http.path).query, http.headers.get("Accept"))
         # Before the body: a request for a model the server does not run reads none of it.
         format_header = wire_format.task_fields(http.headers, options, params, state.model_names)
+        format_header["format_fields"] = {**format_header.get("format_fields", {}), **auth_fields}
         with state.body_budget.reserved(body_length):  # before a byte of the body is read
             body = http.receive_body(body_length)
-            header = TaskHeader(
-                task_id=state.next_task_id(), request_id=http.request_id, media_type=media_type,
-                query_image_id=options.image_id, enqueued_at_s=time.monotonic(),
-                deadline_at_s=arrived_s + config.request_timeout_s, query_options=options.detection_options,
-                output_format=options.output_format, wire_format=wire_format.NAME, **format_header)
+            header = TaskHeader(**{
+                "task_id": state.next_task_id(), "request_id": http.request_id, "media_type": media_type,
+                "query_image_id": options.image_id, "enqueued_at_s": time.monotonic(),
+                "deadline_at_s": arrived_s + config.request_timeout_s, "query_options": options.detection_options,
+                "output_format": options.output_format, "wire_format": wire_format.NAME,
+                **format_header})  # a format may set any of these its own way (DeepStack answers JSON only)
             pending = PendingRequest(header, body)
             del body  # the pending request holds it until a sender has written it to a worker
             state.pool.submit(pending)

@@ -3,7 +3,9 @@
 Options act on post-processing only (thresholds, which detections are kept),
 never on the forward pass, so a batched image with its own options gets
 exactly what it gets alone. Precedence, lowest first: the server's flags, the
-query string, the JSON body's top level, a multi-image entry's own fields.
+query string, a form's fields (text like the query's, so merged with it and
+read by the query's rules), the JSON body's top level, a multi-image entry's
+own fields.
 Every value a client can send is checked here, and a bad one is a 400 that
 says what is accepted: no value can make a worker hang or fail. ``model``
 picks which of the worker's models runs the image; it is read first, since
@@ -16,6 +18,7 @@ from typing import FrozenSet, Optional
 
 from ..protocol import DETECTION_OPTION_NAMES, NMS_MODES
 from ..refusals import bad_request
+from .label_spellings import model_spelling
 
 MAX_DETECTIONS_LIMIT = 1000  # more than YOLOv3-tiny's 2,535 candidates ever keep after NMS in practice
 MIN_SIDE_PX, MAX_SIDE_PX = 16, 10_000  # max_side: smaller is unreadable, larger than any accepted image
@@ -128,7 +131,8 @@ def _nms_mode(name, value, from_query):
 
 
 def _classes(name, names, labels, from_query):
-    wanted = frozenset(label.strip() for label in names)
+    # Either spelling of a COCO label (darknet's motorbike, COCO 2017's motorcycle) names the model's own.
+    wanted = frozenset(model_spelling(label.strip(), labels) for label in names)
     if not names or "" in wanted:
         raise _bad(name, ",".join(names), f"a comma-separated list of labels ({LABELS_HINT})", from_query)
     unknown = sorted(wanted - set(labels))

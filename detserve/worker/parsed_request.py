@@ -21,3 +21,5 @@ class ParsedRequest:
     option_fields: dict  # the body's top-level option fields, under each entry's own
     several: bool  # answered per image (a multi-image body), not as the one image's answer
     format_state: dict = field(default_factory=dict)  # what the format's answer needs of its request
+    # Option fields sent as text (a form's), merged over the query's raw strings and read as they are.
+    text_option_fields: dict = field(default_factory=dict)

@@ -5,7 +5,9 @@ Accepted bodies, because real clients send all of them:
 - the same object double-encoded as a JSON string (as the first clients of this API sent it);
 - a data-URL prefix on the base64 (``data:image/jpeg;base64,...``);
 - a raw JPEG or PNG body (``Content-Type: image/jpeg`` or ``image/png``);
-- several images, ``{"images": [{"id": ..., "image": ...}, ...]}``.
+- several images, ``{"images": [{"id": ..., "image": ...}, ...]}``;
+- a multipart/form-data upload (``curl -F image=@photo.jpg``): the image in its
+  file part, ``id`` and the options as text fields (worker/multipart reads it).
 Option fields (detection_options) travel beside ``id`` and ``image``, unvalidated.
 Every failure raises a Refusal with a status and a message a user can act on;
 in a multi-image body a failure of one entry is that entry's, not the request's.
@@ -16,9 +18,11 @@ import binascii
 import json
 import re
 import uuid
-from ..protocol import IMAGE_MEDIA_TYPES, MAX_IMAGE_ID_CHARS
+
+from ..protocol import DETECTION_OPTION_NAMES, IMAGE_MEDIA_TYPES, MAX_IMAGE_ID_CHARS
 from ..refusals import Refusal, bad_request, too_large
 from .detection_options import option_fields
+from .multipart import parse_form
 from .parsed_request import ImageRequest, ParsedRequest
 
 WHITESPACE = re.compile(rb"\s+")
@@ -45,6 +49,21 @@ def parse_body(body, media_type, query_image_id=None, max_images=1):
             raise bad_request("the request body is empty; send the image bytes", image_id)
         return _one(ImageRequest(image_id, bytes(body)))
     return _parse_json_body(body, max_images)
+
+
+def parse_form_body(body, content_type, query_image_id=None):
+    """The ParsedRequest of a multipart/form-data upload, or raise Refusal.
+
+    Its image is answered exactly as the same image sent raw: the form's
+    ``id`` field, else ?id=, else a new UUID; its option fields are text, as
+    the query's are, and win over the query's.
+    """
+    form = parse_form(body, content_type)
+    image_id = form.fields.get("id") or query_image_id  # a blank field is no id, as a blank ?id= is
+    image_id = check_image_id(image_id) if image_id is not None else str(uuid.uuid4())
+    image = form.image()
+    text_fields = {name: form.fields[name] for name in DETECTION_OPTION_NAMES if name in form.fields}
+    return ParsedRequest((ImageRequest(image_id, image.content),), {}, several=False, text_option_fields=text_fields)
 
 
 def _one(request):

@@ -60,12 +60,13 @@ class TaskPreparation:
 
     def prepare(self, header, body, queue_wait_s):
         """The TaskJob of one task, or raise the Refusal the whole task gets."""
-        request = WORKER_FORMATS[header.wire_format].parse(body, header, self.config.max_images)
+        request = WORKER_FORMATS[header.wire_format].parse(body, header, self.config)
         task_image_id = None if request.several else request.entries[0].image_id
         with refusal_boundary(header.request_id, task_image_id, "reading its options"):
+            # Lowest first: the query, a form's text fields, the model a route names (its path's).
             route_model = {"model": header.model} if header.model is not None else {}
-            options = detection_options.resolve(self.defaults, {**route_model, **header.query_options},
-                                                self.labels_by_model, from_query=True)
+            text_fields = {**header.query_options, **request.text_option_fields, **route_model}
+            options = detection_options.resolve(self.defaults, text_fields, self.labels_by_model, from_query=True)
             options = detection_options.resolve(options, request.option_fields, self.labels_by_model)
         if request.several and header.output_format != "json":
             raise not_acceptable("an annotated image answers one image per request; send one image, "

@@ -14,8 +14,11 @@ Each module provides:
 - ``match_fixed(path)``: the get_routes.FixedRoute of a route it answers from
   the server's state alone (metadata, health), or None;
 - ``no_route_message(path)``: the 404's words for a path of its own that matches nothing;
-- ``OPENAPI_PATHS`` and ``OPENAPI_FIXED_PATHS``: its detection (POST) and
-  fixed (GET) paths as openapi.json documents them;
+- ``OPENAPI_PATHS`` and ``OPENAPI_FIXED_PATHS``: its POST paths and its GET
+  paths as openapi.json documents them;
+- ``authorize(headers, config)``: raise the 401 of a request without the key
+  (--api-key), or return the format fields (format_fields) that leave the
+  rest of the check to the worker, where the key travels in the body;
 - ``media_type(headers)``: the body's media type, or raise the 415;
 - ``task_fields(headers, options, params, model_names)``: the TaskHeader
   fields it sets beyond the common ones (``model``, ``format_fields``), or
@@ -23,9 +26,9 @@ Each module provides:
 - ``error_body(refusal)`` and ``ERROR_CONTENT_TYPE``: a refusal in its words.
 """
 
-from . import native, open_inference
+from . import deepstack, native, open_inference
 
-FORMATS = (native, open_inference)
+FORMATS = (native, deepstack, open_inference)
 DEFAULT_FORMAT = native  # whose words answer a path no format owns
 
 

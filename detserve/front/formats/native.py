@@ -1,8 +1,9 @@
-"""detserve's own API, POST /api/: a JSON body (one image or several) or a raw JPEG or PNG body."""
+"""detserve's own API, POST /api/: a JSON body (one image or several), a raw JPEG or PNG body, or an upload form."""
 
 import json
 
-from ...protocol import IMAGE_MEDIA_TYPES, JSON_MEDIA_TYPE
+from ... import format_fields
+from ...protocol import FORM_MEDIA_TYPE, IMAGE_MEDIA_TYPES, JSON_MEDIA_TYPE
 from .. import admission
 
 NAME = "native"
@@ -10,7 +11,7 @@ ROUTE_LABEL = "/api/"
 PATHS = ("/api/", "/api")
 OPENAPI_PATHS = ("/api/",)  # the paths as openapi.json documents them
 OPENAPI_FIXED_PATHS = ()  # its GET routes are the server's own (get_routes)
-ACCEPTED_MEDIA_TYPES = (JSON_MEDIA_TYPE, *IMAGE_MEDIA_TYPES)
+ACCEPTED_MEDIA_TYPES = (JSON_MEDIA_TYPE, *IMAGE_MEDIA_TYPES, FORM_MEDIA_TYPE)
 ERROR_CONTENT_TYPE = JSON_MEDIA_TYPE
 
 
@@ -30,13 +31,22 @@ def no_route_message(path):
     return f"no such path {path[:100]!r}; the API is POST /api/"
 
 
+def authorize(headers, config):
+    if config.api_key:
+        admission.check_authorized(headers, config.api_key)
+    return {}
+
+
 def media_type(headers):
     # No Content-Type: a bare `curl --data-binary` without -H; assume the documented JSON.
     return admission.media_type(headers, ACCEPTED_MEDIA_TYPES, JSON_MEDIA_TYPE,
-                                "send application/json (or a raw image/jpeg or image/png body)")
+                                "send application/json, a raw image/jpeg or image/png body, "
+                                "or a multipart/form-data upload (curl -F image=@photo.jpg)")
 
 
 def task_fields(headers, options, params, model_names):
+    if media_type(headers) == FORM_MEDIA_TYPE:  # the worker needs the form's boundary
+        return {"format_fields": {format_fields.CONTENT_TYPE: headers["Content-Type"]}}
     return {}
 
 

@@ -13,8 +13,8 @@ version, the media type, Inference-Header-Content-Length against the
 declared length) is checked here; the body itself is the worker's.
 """
 
-from ... import __version__
-from ...open_inference_signature import BINARY_MEDIA_TYPE, HEADER_LENGTH_FIELD, HEADER_LENGTH_TASK_FIELD
+from ... import __version__, format_fields
+from ...open_inference_signature import BINARY_MEDIA_TYPE, HEADER_LENGTH_FIELD
 from ...protocol import JSON_MEDIA_TYPE
 from ...refusals import bad_request, not_acceptable, unsupported_media_type
 from .. import admission
@@ -104,6 +104,13 @@ SERVER_ROUTES = {"/v2": FixedRoute("/v2", server_metadata),
 
 
 # -- the infer route, before its body is read ---------------------------------------------------------
+def authorize(headers, config):
+    """The bearer token, as on /api/ (tritonclient sends it as a header)."""
+    if config.api_key:
+        admission.check_authorized(headers, config.api_key)
+    return {}
+
+
 def media_type(headers):
     """The body's media type; a compressed body is a 415 (the workers read tensors, not gzip)."""
     encoding = ", ".join(headers.get_all("Content-Encoding") or []).strip().lower()
@@ -128,7 +135,7 @@ def task_fields(headers, options, params, model_names):
         raise bad_request(f"more than one {HEADER_LENGTH_FIELD} header", close=True)
     body_length = int(headers["Content-Length"])  # admitted: one Content-Length, a number
     header_length = metadata.inference_header_length(sent[0] if sent else None, body_length)
-    fields = {} if header_length is None else {HEADER_LENGTH_TASK_FIELD: str(header_length)}
+    fields = {} if header_length is None else {format_fields.INFERENCE_HEADER_LENGTH: str(header_length)}
     return {"model": params["model"], "format_fields": fields}
 
 

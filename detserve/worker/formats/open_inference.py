@@ -7,7 +7,8 @@ answer. A tensor answer has no place for one image's error, so an element
 that cannot be read fails the whole request, naming the element.
 """
 
-from ...open_inference_signature import HEADER_LENGTH_TASK_FIELD, IMAGE_INPUT
+from ... import format_fields
+from ...open_inference_signature import IMAGE_INPUT
 from ...protocol import Result
 from ...refusals import Refusal
 from ..open_inference_tensors import build_answer, parse_infer_request
@@ -21,9 +22,9 @@ def element_id(index):
     return f"{IMAGE_INPUT.name}[{index}]"
 
 
-def parse(body, header, max_images):
-    header_length = header.format_fields.get(HEADER_LENGTH_TASK_FIELD)
-    request = parse_infer_request(body, None if header_length is None else int(header_length), max_images)
+def parse(body, header, config):
+    header_length = header.format_fields.get(format_fields.INFERENCE_HEADER_LENGTH)
+    request = parse_infer_request(body, None if header_length is None else int(header_length), config.max_images)
     entries = tuple(ImageRequest(element_id(index), image) for index, image in enumerate(request.images))
     # several: each element is read on its own, so that answer() can name the one that failed.
     return ParsedRequest(entries, request.option_fields, several=True,
