@@ -4,9 +4,13 @@ The tree is the diagram: front/ and pool/ run in the main process and never
 import OpenCV or numpy; worker/ is everything that runs in a worker process.
 
     client ──HTTP──▶ front/  (main process; one handler thread per connection)
-                       │ http_server.DetectionHTTPServer accepts; handler routes;
-                       │ admission checks auth, framing, media type and refuses
-                       │ with a typed Refusal; body_reader reads the raw body
+                       │ http_server.DetectionHTTPServer accepts (connection_table:
+                       │ the longest-idle connection gives way at the limit);
+                       │ probe_server answers the probes on a port of their own;
+                       │ handler routes; admission checks auth, framing, media type
+                       │ and refuses with a typed Refusal; body_reader reads the raw
+                       │ body, charged to body_budget as it arrives; answers leave
+                       │ through answer_writer at a minimum rate
                        ▼
                      pool/   (main process)
                        │ WorkerPool.submit ─▶ RequestQueue (bounded: requests, bytes)

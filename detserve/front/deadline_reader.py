@@ -3,7 +3,8 @@
 http.server reads the request line and headers with readline(), and a socket
 timeout applies to each recv: a client that sends one header byte just inside
 the timeout, again and again, holds its connection (and a thread) for as long
-as it likes. Here every readline until the deadline shares one clock.
+as it likes. Here every readline until the deadline shares one clock (the
+handler sets it from --head-timeout-s).
 """
 
 import time
@@ -24,7 +25,7 @@ class DeadlineLineReader:
         while limit < 0 or len(line) < limit:
             remaining_s = self.deadline_s - time.monotonic()
             if remaining_s <= 0:
-                raise TimeoutError("the request line and headers took longer than the client timeout")
+                raise TimeoutError("the request line and headers did not arrive within the head timeout")
             self._sock.settimeout(remaining_s)
             available = self._buffered.peek(1)  # at most one recv, bounded by the time left
             if not available:
