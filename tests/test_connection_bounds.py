@@ -158,6 +158,17 @@ def test_idle_connections_at_the_limit_give_way_to_new_requests():
         assert reconnects >= 12, f"only {reconnects} idle connections gave way"
 
 
+def test_heads_that_declare_a_body_and_send_none_give_way_at_the_limit_too():
+    """16 complete POST heads that declare 20 MiB and send none of it, reopened the moment they
+    are dropped, against --max-connections 16: such a connection has not sent its request, so
+    it gives way like an idle one, and every innocent upload is answered (before: 0 of 99 in
+    10 s, each of the 16 holding its slot until its body's 2 s window ran out)."""
+    with ServerProcess("--workers", "1", "--max-connections", "16") as srv:
+        with ReconnectingClients(srv.port, 16, opening=upload_head(20 * MIB)):
+            statuses = [status_of(post_camera, srv.port, f"innocent-{i}") for i in range(16)]
+        assert statuses == [200] * len(statuses), collections.Counter(statuses)
+
+
 def test_a_request_head_must_arrive_within_the_head_timeout_and_keep_alive_waits_longer():
     """--head-timeout-s 1 with --client-timeout-s 30: a connection that sends nothing, and one
     that trickles its head a line at a time, are closed within a few seconds (before: the
@@ -232,11 +243,14 @@ def test_probes_answer_on_their_own_port_while_the_api_port_is_full():
 # == A refused connection reads its 503 ==============================================================
 
 def refused_upload(port, body_bytes):
-    """One upload past the limit, sent as a client sends it (head, then body, then read)."""
+    """One upload past the limit, sent as a client sends it (head, then body, then read): (status, Retry-After)."""
     try:
         with connect(port) as sock:
             sock.sendall(upload_head(body_bytes))
-            sock.sendall(b"\0" * body_bytes)
+            body = b"\0" * body_bytes
+            for start in range(0, body_bytes, 10_000):  # in pieces, as from a client reading a file
+                time.sleep(0.01)
+                sock.sendall(body[start:start + 10_000])
             response = read_response(sock)
             return response.status, response.header("Retry-After")
     except OSError as exc:

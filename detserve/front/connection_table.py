@@ -1,8 +1,9 @@
 """ConnectionTable: one listener's open connections, bounded; at the bound the longest-waiting one gives way.
 
 A connection is either waiting for a request (from its accept, or from its
-last answer, until its request head is complete) or busy with one (reading
-its body, waiting for a worker, writing its answer). A waiting connection
+last answer, until its request head is complete and, if it declares a body,
+until the body's first bytes arrive) or busy with one (reading its body,
+waiting for a worker, writing its answer). A waiting connection
 costs its client nothing to keep, so if waiting ones could hold every slot, a
 few hundred sockets that send nothing would lock everyone out. Here a new
 connection at the bound takes the slot of the connection that has been
@@ -65,13 +66,24 @@ class ConnectionTable:
         with self._lock:
             self._open.pop(sock, None)
 
-    def request_started(self, connection):
-        """connection has a complete request head: busy until waiting() again. False if it was evicted."""
+    def request_started(self, connection, body_pending=False):
+        """connection's request head is complete: busy until waiting() again. False if it was evicted.
+
+        With body_pending (a body is declared and none of it has come) it has
+        not sent its request yet: it stays evictable, as waiting since now,
+        until body_arrived.
+        """
         with self._lock:
             if connection.evicted:
                 return False
-            connection.waiting_since_s = None
+            connection.waiting_since_s = time.monotonic() if body_pending else None
             return True
+
+    def body_arrived(self, connection):
+        """The first bytes of connection's body are in: busy until waiting() again."""
+        with self._lock:
+            if not connection.evicted:
+                connection.waiting_since_s = None
 
     def waiting(self, connection):
         """connection has answered its request and waits for the next one (evictable from now on)."""

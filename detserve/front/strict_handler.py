@@ -77,6 +77,7 @@ class StrictRequestHandler(BaseHTTPRequestHandler):
         self.request_version = self.default_request_version
         self.close_connection = True
         self.start_request()
+        self.rfile.on_bytes = None  # a body a previous request left unread closed its connection
         if self._slot is None or self._slot.evicted:
             return
         try:
@@ -86,7 +87,7 @@ class StrictRequestHandler(BaseHTTPRequestHandler):
             if not self.raw_requestline or self._slot.evicted:
                 return
             if self.parse_request():
-                if not self.server.connections.request_started(self._slot):
+                if not self._request_started():
                     self.close_connection = True
                     return
                 self._requests_started += 1
@@ -99,6 +100,18 @@ class StrictRequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
         except TimeoutError:  # a read or a write timed out: discard this connection
             self.close_connection = True
+        except OSError:
+            if not self._slot.evicted:
+                raise
+            self.close_connection = True  # we shut it down ourselves: nothing to report
+
+    def _request_started(self):
+        """Tell the table the head is complete; a body still to come keeps the connection evictable."""
+        table = self.server.connections
+        if self.headers.get("Content-Length", "0").strip() in ("", "0"):
+            return table.request_started(self._slot)
+        self.rfile.on_bytes = lambda: table.body_arrived(self._slot)
+        return table.request_started(self._slot, body_pending=True)
 
     def _wait_for_request(self):
         """Set the head's deadline; on a kept-alive connection first wait for the next request's first byte.
