@@ -43,6 +43,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     DETSERVE_HOST=0.0.0.0 \
     DETSERVE_PORT=5050 \
+    DETSERVE_PROBE_PORT=5051 \
     DETSERVE_WORKERS=1
 # A numeric uid, so Kubernetes can check runAsNonRoot without a passwd lookup.
 RUN groupadd --gid 10001 detserve \
@@ -54,11 +55,14 @@ WORKDIR /app
 COPY --from=models /models /app/yolo_tiny_configs
 COPY detserve/ /app/detserve/
 USER 10001:10001
-EXPOSE 5050
+# The API, and the probe listener (/healthz, /readyz, /metrics only).
+EXPOSE 5050 5051
 # Liveness only: /healthz answers while workers load and while draining;
 # readiness (/readyz) is for the load balancer, not for restarting the container.
+# Asked on the probe port (a flood of the API port cannot fail it), or on the
+# API port when DETSERVE_PROBE_PORT=off.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('DETSERVE_PORT', '5050'), timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('DETSERVE_PROBE_PORT', '5051'); port = os.environ.get('DETSERVE_PORT', '5050') if port == 'off' else port; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % port, timeout=4)"]
 # Exec form: python is PID 1 and gets SIGTERM itself, which starts the drain.
 # Every setting comes from DETSERVE_* variables (DETSERVE_WORKERS above).
 CMD ["python", "-m", "detserve"]

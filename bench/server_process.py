@@ -1,8 +1,8 @@
 """detserve as a subprocess on 127.0.0.1, port 0: the one launcher of the tests and the benchmarks.
 
-The server prints ``listening on http://HOST:PORT`` and then ``ready: N
-workers in S s`` (in the text and the JSON log formats alike); ServerProcess
-waits for both, keeps every line the server writes (a test reads its access
+The server prints ``listening on http://HOST:PORT (pid N), probes on
+http://HOST:PORT`` and then ``ready: N workers in S s`` (in the text and the
+JSON log formats alike); ServerProcess waits for both, keeps every line the server writes (a test reads its access
 log from them) and keeps draining its output, so a full pipe never blocks
 the server.
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LISTENING_LINE = re.compile(r"listening on http://[^:]+:(\d+)")
+PROBES_LINE = re.compile(r"probes on http://[^:]+:(\d+)")
 READY_LINE = re.compile(r"ready: \d+ workers in ([\d.]+) s")
 # Loading the model in every worker takes seconds; on a loaded 2-core machine, tens.
 START_TIMEOUT_S = 90
@@ -45,7 +46,9 @@ class ServerProcess:
 
     args are detserve's flags (host and port are set here); env adds to (or,
     for DETSERVE_API_KEY, restores) the environment; preexec_fn runs in the
-    child before detserve starts, e.g. to lower a resource limit.
+    child before detserve starts, e.g. to lower a resource limit. The probe
+    listener gets a free port too (DETSERVE_PROBE_PORT=0, which an older
+    server ignores), read into probe_port.
     """
 
     def __init__(self, *args, env=None, wait_ready=True, preexec_fn=None, start_timeout_s=START_TIMEOUT_S):
@@ -57,6 +60,7 @@ class ServerProcess:
         self.lines = []                              # every line the server printed, stdout and stderr
         self._lines_changed = threading.Condition()  # notified on each new line and at EOF
         self.port = None
+        self.probe_port = None                       # None: the server has no probe listener
         self.startup_s = None                        # what the ready line says: start to every worker ready
         self.proc = None
 
@@ -64,6 +68,7 @@ class ServerProcess:
     def start(self):
         env = dict(os.environ)
         env.pop("DETSERVE_API_KEY", None)  # a key in the caller's shell would turn on auth
+        env["DETSERVE_PROBE_PORT"] = "0"  # never the fixed default: servers run side by side
         env.update(self.extra_env)
         env["PYTHONUNBUFFERED"] = "1"
         self.proc = subprocess.Popen(
@@ -74,6 +79,8 @@ class ServerProcess:
         threading.Thread(target=self._read_output, daemon=True).start()
         listening = self.wait_for_line(LISTENING_LINE.pattern, timeout_s=self.start_timeout_s)
         self.port = int(LISTENING_LINE.search(listening).group(1))
+        probes = PROBES_LINE.search(listening)
+        self.probe_port = int(probes.group(1)) if probes else None
         if self.wait_ready:
             ready = self.wait_for_line(READY_LINE.pattern, timeout_s=self.start_timeout_s)
             self.startup_s = float(READY_LINE.search(ready).group(1))

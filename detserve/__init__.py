@@ -4,10 +4,14 @@ The tree is the diagram: front/ and pool/ run in the main process and never
 import OpenCV or numpy; worker/ is everything that runs in a worker process.
 
     client ──HTTP──▶ front/  (main process; one handler thread per connection)
-                       │ http_server.DetectionHTTPServer accepts; handler routes;
-                       │ exchange runs a detection request in any of formats/:
-                       │ admission (cross-site, auth, framing), request_options,
-                       │ body_budget, body_reader (the raw body), submit, wait
+                       │ http_server.DetectionHTTPServer accepts (connection_table:
+                       │ the longest-idle connection gives way at the limit);
+                       │ probe_server answers the probes on a port of their own;
+                       │ handler routes; exchange runs a detection request in any
+                       │ of formats/: admission (cross-site, auth, framing),
+                       │ request_options, body_reader (charged to body_budget as
+                       │ the body arrives), submit, wait; answers leave through
+                       │ answer_writer at a minimum rate
                        ▼
                      pool/   (main process)
                        │ WorkerPool.submit ─▶ RequestQueue (bounded: requests, bytes)

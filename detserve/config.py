@@ -8,11 +8,13 @@ import argparse
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Optional
 
 from . import model_files
 from .model_files import DEFAULT_MODEL_DIR
 
 ENV_PREFIX = "DETSERVE_"
+PROBE_PORT_OFF = "off"
 # auto: reduced-scale decoding of large JPEGs (worker/image_decoding.jpeg_reduction); off: exact reproduction.
 DECODE_REDUCTION_CHOICES = ("auto", "off")
 # agnostic: one NMS over every box, whatever its class (the original project's answers);
@@ -24,6 +26,9 @@ NMS_MODE_CHOICES = ("agnostic", "per_class")
 class Config:
     host: str = "0.0.0.0"
     port: int = 5050
+    # /healthz, /readyz and /metrics on a listener of their own, so a flood of the API
+    # port cannot starve them; None: only on the API port.
+    probe_port: Optional[int] = 5051
     workers: int = 2
     # Measured on a 2-core CPU with `python -m detserve.calibrate`: per image,
     # batch 2 costs 4% more than batch 1 and batch 4 costs 14% more, so one image
@@ -34,10 +39,12 @@ class Config:
     request_timeout_s: float = 30.0
     drain_timeout_s: float = 20.0
     client_timeout_s: float = 10.0
+    head_timeout_s: float = 5.0
     max_body_mb: float = 20.0
     # Bounds the front end's memory: bodies being read or held, across all
     # connections (8 maximal bodies by default); and connections, each a thread.
     max_body_buffer_mb: float = 160.0
+    max_answer_buffer_mb: float = 64.0
     max_connections: int = 256
     max_pixels: int = 40_000_000
     max_images: int = 16
@@ -65,6 +72,10 @@ class Config:
         return frozenset(origin.strip() for origin in self.allow_origin.split(",") if origin.strip())
 
     @property
+    def max_answer_buffer_bytes(self):
+        return int(self.max_answer_buffer_mb * 1024 * 1024)
+
+    @property
     def max_wait_s(self):
         return self.max_wait_ms / 1000.0
 
@@ -77,23 +88,34 @@ class Config:
         """The settings as a dict that is safe to log: the API key is never shown."""
         view = {f.name: getattr(self, f.name) for f in fields(self)}
         view["api_key"] = "set" if self.api_key else "unset"
+        if self.probe_port is None:
+            view["probe_port"] = PROBE_PORT_OFF
         return view
 
 
 HELP = {
     "host": "address to listen on",
     "port": "port to listen on (0 picks a free port)",
+    "probe_port": "port of a second listener that answers only /healthz, /readyz and /metrics, with its own "
+                  "connection bound, for probes and scrapes (0 picks a free port; off: none, the API port "
+                  "answers them as always)",
     "workers": "worker processes, each loading every --models model (~340 MB resident each with yolov3-tiny alone)",
     "max_batch": "most requests one worker runs in one forward pass",
     "max_wait_ms": "how long a worker waits for more requests to fill a batch (0: take only what is queued)",
     "queue_size": "requests waiting for a worker; one that finds it full waits up to 1 s for room, then gets 503",
     "request_timeout_s": "deadline of a request, from arrival; past it the client gets 504",
     "drain_timeout_s": "on SIGTERM/SIGINT, how long accepted requests may take to finish",
-    "client_timeout_s": "idle or slow client connections are closed after this",
+    "client_timeout_s": "a kept-alive connection idle this long is closed, and a request body must arrive "
+                        "within this",
+    "head_timeout_s": "a new connection's request line and headers must arrive within this of connecting "
+                      "(on a kept-alive connection, within this of their first byte)",
     "max_body_mb": "largest request body accepted, in MiB (413 above it)",
     "max_body_buffer_mb": "request body MiB the front end holds at once, across all connections "
                           "(a body that would pass it is refused with 503 before it is read)",
-    "max_connections": "open client connections (each has a thread); beyond it a new one gets 503 and is closed",
+    "max_answer_buffer_mb": "answer bytes the front end holds at once until they are written, across all "
+                            "connections (an answer that would pass it is refused with 503)",
+    "max_connections": "open client connections (each has a thread); at the limit a new one takes the place of "
+                       "the one that has waited longest for a request, and gets 503 only if every one is busy",
     "max_pixels": "largest image accepted, width x height (413 above it), checked before decoding",
     "max_images": "most images in one multi-image request {\"images\": [...]} (413 above it)",
     "decode_reduction": "auto: decode a large JPEG at 1/2, 1/4 or 1/8 scale while both sides stay >= 624 px "
@@ -138,12 +160,24 @@ def build_parser():
             kwargs["choices"] = DECODE_REDUCTION_CHOICES
         if field.name == "nms_mode":
             kwargs["choices"] = NMS_MODE_CHOICES
+        if field.name == "probe_port":
+            kwargs["type"] = port_or_off
         parser.add_argument(flag, **kwargs)
     parser.add_argument(
         "--api-key-file", default=_env_default("api_key_file", None),
         help="file holding the API key; when a key is set (here or in DETSERVE_API_KEY), "
              "/api/ requires 'Authorization: Bearer <key>'")
     return parser
+
+
+def port_or_off(text):
+    """A --probe-port value: a port number, or "off" (None)."""
+    if text.strip().lower() == PROBE_PORT_OFF:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a port number nor {PROBE_PORT_OFF!r}") from None
 
 
 def load_config(argv=None):
@@ -170,9 +204,14 @@ def validate(config):
     """Return a message for the first setting that cannot work, or None."""
     if not 0 <= config.port <= 65535:
         return "--port must be between 0 and 65535"
+    if config.probe_port is not None:
+        if not 0 <= config.probe_port <= 65535:
+            return f"--probe-port must be between 0 and 65535, or {PROBE_PORT_OFF}"
+        if config.probe_port == config.port != 0:
+            return f"--probe-port must differ from --port (or be {PROBE_PORT_OFF})"
     positive = ("workers", "max_batch", "queue_size", "request_timeout_s", "drain_timeout_s",
-                "client_timeout_s", "max_body_mb", "max_body_buffer_mb", "max_connections", "max_pixels",
-                "max_images")
+                "client_timeout_s", "head_timeout_s", "max_body_mb", "max_body_buffer_mb", "max_answer_buffer_mb",
+                "max_connections", "max_pixels", "max_images")
     for name in positive:
         if getattr(config, name) <= 0:
             return f"--{name.replace('_', '-')} must be greater than 0"

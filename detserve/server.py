@@ -18,6 +18,7 @@ import time
 
 from . import logs, model_files
 from .front.http_server import DetectionHTTPServer
+from .front.probe_server import ProbeHTTPServer
 from .front.state import ServerState
 from .metrics import ServerMetrics
 from .pool.worker_pool import WorkerPool
@@ -43,15 +44,17 @@ class HaltServer(Exception):
 def run(config):
     logs.configure(config.log_format)
     try:
-        state, httpd = _compose(config)
+        state, httpd, probes = _compose(config)
     except HaltServer as halt:
         return halt.exit_code
     pool = state.pool
     signals = _queue_signals()
     started_s = time.monotonic()
-    host, port = httpd.server_address[:2]
-    log.info("listening on http://%s:%d (pid %d); settings %s", host, port, os.getpid(), config.public_view())
+    log.info("listening on %s (pid %d), probes on %s; settings %s", _url(httpd), os.getpid(),
+             _url(probes) if probes else "the API port only", config.public_view())
     threading.Thread(target=httpd.serve_forever, name="detserve-http", daemon=True).start()
+    if probes:
+        threading.Thread(target=probes.serve_forever, name="detserve-probes", daemon=True).start()
     pool.start()
     exit_code = ExitCode.OK
     try:
@@ -66,12 +69,20 @@ def run(config):
         httpd.server_close()
         pool.stop()  # answers whatever is still waiting (503 "shutting down")
         _wait_for_answers_written(state)
+        if probes:
+            probes.shutdown()
+            probes.server_close()
     log.info("stopped (exit code %d)", exit_code)
     return exit_code
 
 
+def _url(server):
+    host, port = server.server_address[:2]
+    return f"http://{host}:{port}"
+
+
 def _compose(config):
-    """Build every part, each handed what it uses: (ServerState, DetectionHTTPServer)."""
+    """Build every part, each handed what it uses: (ServerState, DetectionHTTPServer, ProbeHTTPServer or None)."""
     choices = config.model_choices
     try:
         model_files.verify(config.model_dir, model_files.models_of(choices))
@@ -83,9 +94,18 @@ def _compose(config):
     metrics = ServerMetrics(labels, config.workers, [choice.name for choice in choices])
     state = ServerState(config, WorkerPool(config, worker_main, metrics), metrics, labels, listing)
     try:
-        return state, DetectionHTTPServer((config.host, config.port), state)
+        httpd = DetectionHTTPServer((config.host, config.port), state)
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", config.host, config.port, exc)
+        raise HaltServer(str(exc), ExitCode.CONFIG_ERROR) from None
+    if config.probe_port is None:
+        return state, httpd, None
+    try:
+        return state, httpd, ProbeHTTPServer((config.host, config.probe_port), state)
+    except OSError as exc:
+        httpd.server_close()
+        log.error("cannot listen on %s:%s for the probes (--probe-port; off turns them off): %s",
+                  config.host, config.probe_port, exc)
         raise HaltServer(str(exc), ExitCode.CONFIG_ERROR) from None
 
 

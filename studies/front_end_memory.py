@@ -2,9 +2,12 @@
 
 `python -m studies.front_end_memory` starts detserve (one worker, stopped with
 SIGSTOP so nothing leaves the queue), then fills what the front end bounds:
-bodies of --max-body-mb each, all but their last byte sent, until
---max-body-buffer-mb is reserved; and the rest of --max-connections with
-request heads of just under 32 KiB that never end. It prints the front end's
+bodies of --max-body-mb each, sent whole (a body is charged as it arrives, and
+one that stops arriving is dropped within seconds, so the bodies that hold the
+budget longest are complete ones waiting for a worker), until
+--max-body-buffer-mb is held; and the rest of --max-connections with request
+heads of just under 32 KiB that never end (the head timeout raised so that
+they stay). It prints the front end's
 resident memory (VmRSS, and the peak VmHWM) before and after, next to the
 formula in docs/architecture.md: 35 MB + 1.125 x body budget + 0.15 MB x connections.
 """
@@ -26,11 +29,11 @@ def formula_mb(body_buffer_mb, connections):
     return 35 + 1.125 * body_buffer_mb + 0.15 * connections
 
 
-def stalled_upload(port, body_bytes):
+def held_upload(port, body_bytes):
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     sock.sendall(b"POST /api/ HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\n"
                  b"Content-Length: %d\r\n\r\n" % body_bytes)
-    sock.sendall(b"{" + b" " * (body_bytes - 2))  # all but the last byte
+    sock.sendall(b"{" + b" " * (body_bytes - 2) + b"}")  # whole: it waits for the stopped worker
     return sock
 
 
@@ -43,14 +46,14 @@ def unfinished_head(port):
 
 def measure(max_body_mb, body_buffer_mb, connections):
     args = ("--workers", "1", "--max-body-mb", str(max_body_mb), "--max-body-buffer-mb", str(body_buffer_mb),
-            "--max-connections", str(connections), "--client-timeout-s", "120")
+            "--max-connections", str(connections), "--client-timeout-s", "120", "--head-timeout-s", "120")
     with ServerProcess(*args) as server:
         (worker,) = server.worker_pids()
         os.kill(worker, signal.SIGSTOP)
         front_end = server.proc.pid
         before_mb = rss_mb(front_end)
         uploads = int(body_buffer_mb // max_body_mb)
-        sockets = [stalled_upload(server.port, int(max_body_mb * MIB)) for _ in range(uploads)]
+        sockets = [held_upload(server.port, int(max_body_mb * MIB)) for _ in range(uploads)]
         sockets += [unfinished_head(server.port) for _ in range(connections - uploads)]
         time.sleep(3)  # let every handler thread take in what the kernel buffered
         after_mb, peak = rss_mb(front_end), peak_rss_mb(front_end)
@@ -68,7 +71,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     before, after, peak, uploads = measure(args.max_body_mb, args.max_body_buffer_mb, args.max_connections)
     print(f"--max-body-mb {args.max_body_mb:g} --max-body-buffer-mb {args.max_body_buffer_mb:g} "
-          f"--max-connections {args.max_connections}: {uploads} stalled uploads, "
+          f"--max-connections {args.max_connections}: {uploads} held uploads, "
           f"{args.max_connections - uploads} unfinished 31 KiB heads")
     print(f"front end RSS: idle {before:.0f} MB, filled {after:.0f} MB, peak {peak:.0f} MB; "
           f"formula {formula_mb(args.max_body_buffer_mb, args.max_connections):.0f} MB")

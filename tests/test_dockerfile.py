@@ -106,11 +106,12 @@ def test_hadolint_is_really_linting():
 
 # -- consistency -------------------------------------------------------------------------------
 
-def test_expose_is_the_app_port_and_the_container_port():
+def test_expose_is_the_app_port_and_the_probe_port_and_the_container_ports():
     (expose,) = runtime("EXPOSE")
-    assert expose == str(Config.port)
+    assert expose.split() == [str(Config.port), str(Config.probe_port)]
     assert runtime_env()["DETSERVE_PORT"] == str(Config.port)
-    assert [p["containerPort"] for p in pod_container()["ports"]] == [Config.port]
+    assert runtime_env()["DETSERVE_PROBE_PORT"] == str(Config.probe_port)
+    assert [p["containerPort"] for p in pod_container()["ports"]] == [Config.port, Config.probe_port]
 
 
 def test_cmd_starts_detserve_with_settings_from_the_environment():
@@ -135,7 +136,8 @@ def test_runs_as_the_non_root_user_the_pod_expects():
 def test_healthcheck_asks_the_liveness_endpoint():
     (healthcheck,) = runtime("HEALTHCHECK")
     assert pod_container()["livenessProbe"]["httpGet"]["path"] in healthcheck
-    assert "DETSERVE_PORT" in healthcheck, "it must follow the port the server really uses"
+    assert "DETSERVE_PROBE_PORT" in healthcheck, "it must follow the port the server really uses"
+    assert "DETSERVE_PORT" in healthcheck, "and fall back on the API port when the probe port is off"
 
 
 def test_weights_are_fetched_and_verified_in_a_build_stage():
@@ -223,13 +225,16 @@ def _get(url, body=None, timeout_s=30):
 def test_image_serves():
     info = json.loads(_docker("image", "inspect", IMAGE_UNDER_TEST).stdout)[0]
     print(f"\nimage {IMAGE_UNDER_TEST}: {info['Size'] / 1e6:.0f} MB, user {info['Config']['User']}")
-    assert "5050/tcp" in info["Config"]["ExposedPorts"]
+    assert {"5050/tcp", "5051/tcp"} <= set(info["Config"]["ExposedPorts"])
     # The build leaves no compiler and no pip cache in the final image.
     leftovers = _docker("run", "--rm", "--user", "0", "--entrypoint", "sh", IMAGE_UNDER_TEST, "-c",
                         "command -v gcc cc g++ make; ls -d /root/.cache/pip /tmp/.cache 2>/dev/null; true").stdout
     assert leftovers.strip() == "", leftovers
 
     port = _free_port()
+    probe_port = _free_port()
+    while probe_port == port:
+        probe_port = _free_port()
     base = f"http://127.0.0.1:{port}"
     resources = pod_container()["resources"]["limits"]
     # As the pod runs it: read-only root, /tmp the only writable place, no
@@ -239,7 +244,8 @@ def test_image_serves():
             "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
             "--memory", resources["memory"].replace("Mi", "m").replace("Gi", "g"), "--cpus", "1",
             "--health-interval", "2s",
-            "-e", "DETSERVE_HOST=127.0.0.1", "-e", f"DETSERVE_PORT={port}", "-e", "DETSERVE_WORKERS=1",
+            "-e", "DETSERVE_HOST=127.0.0.1", "-e", f"DETSERVE_PORT={port}", "-e", f"DETSERVE_PROBE_PORT={probe_port}",
+            "-e", "DETSERVE_WORKERS=1",
             "-e", "DETSERVE_MAX_PIXELS=16000000", IMAGE_UNDER_TEST)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -256,6 +262,7 @@ def test_image_serves():
 
         status, text = _get(base + "/")
         assert status == 200, text
+        assert _get(f"http://127.0.0.1:{probe_port}/healthz")[0] == 200, "the probe port"
         body = json.dumps({"id": "image-test-1", "image": b64(camera_jpeg())}).encode()  # a person in it
         status, text = _get(base + "/api/", body)
         print(f"POST /api/ camera.jpg: {status} {text}")

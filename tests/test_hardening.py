@@ -324,40 +324,41 @@ def bounded_body_server():
         yield srv
 
 
-def test_stalled_uploads_beyond_the_body_buffer_get_503_before_their_body_is_read(bounded_body_server):
-    """Finding 2: 12 uploads of 4 MiB stalled before their last byte against a 16 MiB body
-    buffer: at least 8 refused with 503 + Retry-After before the body is sent, and the front
-    end grows by less than 16 MB + 24 MB (today every body is held: 12 x 4 MiB)."""
+def test_uploads_beyond_the_body_buffer_get_503_before_their_body_is_read(bounded_body_server):
+    """Finding 2: with the only worker stopped, 12 uploads of 4 MiB against a 16 MiB body buffer:
+    the first 4 are read and held (waiting for the worker), the other 8 are refused with 503 +
+    Retry-After before their body is sent, and the front end grows by less than 16 MB + 24 MB
+    (before the budget every body was held: 12 x 4 MiB). The budget counts bytes that arrived,
+    so the 4 held bodies are sent whole."""
     srv = bounded_body_server
     front_end = srv.proc.pid
     before_mb = rss_mb(front_end)
     head = (b"POST /api/ HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n" % (4 * MIB))
-    connections = [connect(srv.port, timeout_s=20) for _ in range(12)]
+    body = b"{" + b" " * (4 * MIB - 2) + b"}"
+    (worker,) = srv.worker_pids()
+    os.kill(worker, signal.SIGSTOP)
+    connections, refusals = [], []
     try:
-        for sock in connections:
+        for _ in range(12):
+            sock = connect(srv.port, timeout_s=20)
+            connections.append(sock)
             sock.sendall(head)
-        # Collect the refusals that come before any body byte (the bodies are not yet sent).
-        refusals = {}
-        deadline_s = time.monotonic() + 5
-        while len(refusals) < 8 and time.monotonic() < deadline_s:
-            waiting = [s for s in connections if s not in refusals]
-            for sock in select.select(waiting, [], [], 0.2)[0]:
-                refusals[sock] = read_response(sock)
-        almost_all = b"{" + b" " * (4 * MIB - 2)  # all but the last byte
-        for sock in connections:
-            if sock not in refusals:
-                sock.sendall(almost_all)
+            if answered_within(sock, 0.5):
+                refusals.append(read_response(sock))  # refused before any of its body was sent
+            else:
+                sock.sendall(body)
         time.sleep(0.5)  # let the server's threads take in what the kernel buffered
         growth_mb = rss_mb(front_end) - before_mb
         statuses = [(response.status, response.header("Retry-After"), response.header("Connection"))
-                    for response in refusals.values()]
+                    for response in refusals]
         good_refusals = [s for s in statuses if s[0] == 503 and s[1] and s[2] == "close"]
         assert growth_mb < 16 + 24 and len(good_refusals) >= 8, (
             f"front end grew {growth_mb:.0f} MB; refusals before the body: {statuses}")
-        for response in refusals.values():
-            assert response.json()["error"]
+        for response in refusals:
+            assert "MB of request bodies" in response.json()["error"]
     finally:
+        os.kill(worker, signal.SIGCONT)
         for sock in connections:
             sock.close()
 
@@ -411,29 +412,38 @@ def test_unfinished_heads_cost_the_front_end_a_bounded_amount(bounded_body_serve
 
 
 def test_connections_beyond_max_connections_get_503_and_a_freed_slot_is_reused():
-    """Finding 2: --max-connections 4: a 5th connection gets 503 JSON with Retry-After at once and
-    is closed; once one of the 4 closes, a new connection is served."""
+    """Finding 2: --max-connections 4, each one busy with an upload waiting for the stopped
+    worker: a 5th connection gets 503 JSON with Retry-After at once and is closed; once the 4
+    are answered, a new connection is served. (Connections that are only waiting for a request
+    give way to new ones instead: tests/test_connection_bounds.py.)"""
     with ServerProcess("--workers", "1", "--max-connections", "4") as srv:
-        idle = []
+        (worker,) = srv.worker_pids()
+        os.kill(worker, signal.SIGSTOP)
+        busy = []
         try:
-            for _ in range(4):
+            for i in range(4):
                 sock = connect(srv.port)
-                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-                assert read_response(sock).status == 200  # accepted, served, now idle and kept alive
-                idle.append(sock)
+                sock.sendall(b"POST /api/?id=busy-%d HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\n"
+                             b"Content-Length: %d\r\n\r\n" % (i, len(camera_jpeg())) + camera_jpeg())
+                busy.append(sock)
+            time.sleep(0.5)  # all four read and waiting for the worker
             response, closed = exchange(srv.port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
             assert response.status == 503 and response.header("Retry-After") and closed, response
-            assert response.json()["error"]
-            idle.pop().close()
+            assert "--max-connections" in response.json()["error"]
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        try:
+            for sock in busy:
+                assert read_response(sock).status == 200
             deadline_s = time.monotonic() + 10
             while True:
                 status = exchange(srv.port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")[0].status
                 if status == 200 or time.monotonic() > deadline_s:
                     break
-                time.sleep(0.2)  # the server has yet to notice the close
+                time.sleep(0.2)  # the server has yet to notice a close
             assert status == 200
         finally:
-            for sock in idle:
+            for sock in busy:
                 sock.close()
 
 
@@ -461,8 +471,8 @@ def test_out_of_descriptors_the_server_rides_it_out():
     """Finding 3: with RLIMIT_NOFILE 128 filled by idle connections the server does not spin, keeps
     serving an open connection, survives a killed worker it cannot yet replace, and recovers once
     descriptors free up (today: 100% CPU in the accept loop, then exit 3 as if the model failed)."""
-    with ServerProcess("--workers", "1", "--client-timeout-s", "60", "--max-connections", "1000",
-                       preexec_fn=limit_descriptors_to_128) as srv:
+    with ServerProcess("--workers", "1", "--client-timeout-s", "60", "--head-timeout-s", "60",
+                       "--max-connections", "1000", preexec_fn=limit_descriptors_to_128) as srv:
         kept = connect(srv.port)
         kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         assert read_response(kept).status == 200

@@ -19,7 +19,7 @@ import yaml
 from kubernetes_validate import utils as kubernetes_validate
 
 from detserve.config import ENV_PREFIX, Config
-from support import REPO_ROOT
+from support import REPO_ROOT, http_request
 
 MANIFESTS = REPO_ROOT / "manifests"
 EXPECTED_FILES = {
@@ -176,15 +176,20 @@ def test_pdb_networkpolicy_and_hpa_point_at_the_deployment():
 
 # -- ports -------------------------------------------------------------------------------------
 
-def test_container_port_is_the_app_port():
-    app_port = Config.port
-    assert container_port_number("http") == app_port
-    assert env_value("DETSERVE_PORT")["value"] == str(app_port)
+def test_container_ports_are_the_app_port_and_the_probe_port():
+    assert container_port_number("http") == Config.port
+    assert env_value("DETSERVE_PORT")["value"] == str(Config.port)
+    assert container_port_number("probes") == Config.probe_port
+    assert env_value("DETSERVE_PROBE_PORT")["value"] == str(Config.probe_port)
+    assert len(container()["ports"]) == 2
 
 
-def test_probe_ports_and_service_target_ports_reach_the_app_port():
+def test_probes_and_the_scrape_reach_the_probe_port_and_services_the_app_port():
     for kind, probe in probes().items():
-        assert container_port_number(probe["httpGet"]["port"]) == Config.port, kind
+        assert container_port_number(probe["httpGet"]["port"]) == Config.probe_port, kind
+    annotations = deployment()["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == Config.probe_port
+    assert annotations["prometheus.io/path"] == "/metrics"
     for svc in services():
         for port in svc["spec"]["ports"]:
             assert container_port_number(port["targetPort"]) == Config.port, svc["metadata"]["name"]
@@ -202,12 +207,13 @@ def test_service_types_and_the_nodeport():
     assert all(p["port"] != 80 for p in by_type["LoadBalancer"]["spec"]["ports"])
 
 
-def test_networkpolicy_admits_only_the_app_port():
+def test_networkpolicy_admits_only_the_app_port_and_the_probe_port():
     policy = only("NetworkPolicy")["spec"]
     assert policy["policyTypes"] == ["Ingress"]
     ports = [p for rule in policy["ingress"] for p in rule["ports"]]
-    assert [(p.get("protocol", "TCP"), container_port_number(p["port"])) for p in ports] == [("TCP", Config.port)]
-    assert all(set(rule) == {"ports"} for rule in policy["ingress"]), "any source, that port only"
+    assert [(p.get("protocol", "TCP"), container_port_number(p["port"])) for p in ports] == [
+        ("TCP", Config.port), ("TCP", Config.probe_port)]
+    assert all(set(rule) == {"ports"} for rule in policy["ingress"]), "any source, those ports only"
 
 
 def test_ingress_routes_root_and_api_to_the_clusterip_service():
@@ -243,12 +249,15 @@ def test_probe_paths_exist_on_the_server(server):
     paths = {kind: probe["httpGet"]["path"] for kind, probe in probes().items()}
     assert paths["readinessProbe"] == "/readyz"
     assert paths["livenessProbe"] == "/healthz"
+    assert server.probe_port, "the server has a probe listener"
+    probe_url = f"http://127.0.0.1:{server.probe_port}"
     for kind, path in paths.items():
-        status, _, payload = server.request(path)
-        assert status == 200, f"{kind} {path} answered {status}: {payload}"
-    status, _, _ = server.request("/no-such-probe-path")
+        status, _, payload = http_request(probe_url + path)
+        assert status == 200, f"{kind} {path} answered {status} on the probe port: {payload}"
+    assert http_request(probe_url + "/metrics")[0] == 200, "the scrape annotation's path"
+    status, _, _ = http_request(probe_url + "/no-such-probe-path")
     assert status == 404, "a wrong probe path would not be caught"
-    _, _, ready = server.request("/readyz")
+    _, _, ready = http_request(probe_url + "/readyz")
     assert ready["workers_ready"] == ready["workers"], "ready means every worker has the model"
 
 

@@ -194,7 +194,7 @@ def _limit_address_space():
 
 def test_a_worker_that_cannot_load_the_model_stops_the_server_with_the_reason():
     proc = subprocess.run(
-        [sys.executable, "-m", "detserve", "--host", "127.0.0.1", "--port", "0", "--workers", "1"],
+        [sys.executable, "-m", "detserve", "--host", "127.0.0.1", "--port", "0", "--probe-port", "0", "--workers", "1"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, preexec_fn=_limit_address_space)
     assert proc.returncode == 3, proc.stderr
     assert "could not start" in proc.stderr
@@ -259,7 +259,7 @@ def test_a_second_sigint_stops_at_once():
 # -- slow clients ------------------------------------------------------------------------------------
 
 def test_stalled_connections_time_out_and_cannot_starve_normal_clients():
-    with ServerProcess("--workers", "1", "--client-timeout-s", "2") as srv:
+    with ServerProcess("--workers", "1", "--client-timeout-s", "2", "--head-timeout-s", "2") as srv:
         stalled = []
         for i in range(200):
             sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
@@ -405,8 +405,8 @@ def test_bodies_held_in_the_front_end_are_bounded_in_bytes_as_well_as_in_request
         assert {status for status, _, _ in answers} <= {503, 504}
 
 
-def test_headers_trickled_in_cannot_outlast_the_client_timeout():
-    with ServerProcess("--workers", "1", "--client-timeout-s", "2") as srv:
+def test_headers_trickled_in_cannot_outlast_the_head_timeout():
+    with ServerProcess("--workers", "1", "--head-timeout-s", "2") as srv:
         with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
             sock.sendall(b"GET /healthz HTTP/1.1\r\n")
             started = time.monotonic()

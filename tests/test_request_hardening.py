@@ -79,9 +79,10 @@ def test_a_refused_origin_does_not_reach_the_worker_nor_hide_a_key_problem(srv):
 
 
 # -- work nobody waits for stops -------------------------------------------------------------------
-def slow_png_b64(side_px=4000):
-    """A small PNG whose decode costs tens of milliseconds: few bytes, many pixels."""
-    ok, encoded = cv2.imencode(".png", np.zeros((side_px, side_px, 3), np.uint8))
+def slow_png_b64(side_px=2400):
+    """A small grey PNG whose decode costs tens of milliseconds (few bytes, many pixels), eight of
+    which fit one request's decoding budget."""
+    ok, encoded = cv2.imencode(".png", np.zeros((side_px, side_px), np.uint8))
     assert ok
     return b64(encoded.tobytes())
 

@@ -1,8 +1,17 @@
-"""BodyBudget: the request-body bytes the front end may hold at once, across all connections.
+"""BodyBudget: the request-body bytes the front end holds at once, across all connections, charged as they arrive.
 
-A request reserves its declared Content-Length before a byte of its body is
-read and gives it back when its answer is written, so however many clients
-upload at once, the front end's body memory stays under --max-body-buffer-mb.
+A body is charged by the bytes that have arrived, not by the Content-Length it
+declares: a head that promises 20 MiB and sends nothing holds nothing, so a
+few such heads cannot lock everyone else out. A body's reservation grows with
+each chunk before the chunk is taken off the socket (so the bytes held never
+pass --max-body-buffer-mb) and is given back whole when the request ends (its
+answer written or refused). A body whose Content-Length could not fit beside
+the bytes already held is refused before a byte of it is read; one that finds
+the budget spent part-way is refused then. A body that stops arriving is
+dropped by the body reader within seconds, and gives its bytes back.
+
+ByteBudget is the counter both this budget and the answers' (answer_budget)
+are made of.
 """
 
 import contextlib
@@ -11,29 +20,74 @@ import threading
 from ..refusals import overloaded
 
 
-class BodyBudget:
+class ByteBudget:
+    """A count of bytes held across threads, never past max_bytes; a subclass words the refusal."""
+
     def __init__(self, max_bytes):
         self.max_bytes = max_bytes
-        self._reserved_bytes = 0
+        self._held_bytes = 0
         self._lock = threading.Lock()
 
-    def reserve(self, length):
-        """Reserve length bytes, or raise the 503 Refusal that says the budget is spent."""
+    @property
+    def held_bytes(self):
+        return self._held_bytes
+
+    def take(self, length):
+        """Hold length more bytes, or raise the 503 Refusal that says the budget is spent."""
         with self._lock:
-            if self._reserved_bytes + length > self.max_bytes:
-                raise overloaded(f"{self._reserved_bytes / 2**20:.0f} MB of request bodies are being read or "
-                                 f"waiting (--max-body-buffer-mb {self.max_bytes / 2**20:g})", close=True)
-            self._reserved_bytes += length
+            if self._held_bytes + length > self.max_bytes:
+                raise self.refusal(self._held_bytes, length)
+            self._held_bytes += length
+
+    def give_back(self, length):
+        with self._lock:
+            self._held_bytes -= length
+
+    def has_room_for(self, length):
+        return self._held_bytes + length <= self.max_bytes
+
+    def refusal(self, held_bytes, length):
+        """The Refusal for length more bytes when held_bytes are held."""
+        raise NotImplementedError
+
+
+class BodyBudget(ByteBudget):
+    def refusal(self, held_bytes, length):
+        return overloaded(f"{held_bytes / 2**20:.0f} MB of request bodies are being read or waiting "
+                          f"(--max-body-buffer-mb {self.max_bytes / 2**20:g})", close=True)
 
     @contextlib.contextmanager
-    def reserved(self, length):
-        """Hold length bytes for the block (or raise the 503 before it starts)."""
-        self.reserve(length)
-        try:
-            yield
-        finally:
-            self.release(length)
+    def reading(self, declared_length):
+        """The BodyReservation of one body, for read_body to grow; everything it holds is given back on exit.
 
-    def release(self, length):
-        with self._lock:
-            self._reserved_bytes -= length
+        Refused at once (503, before the body is read) when the bytes held now
+        plus declared_length would pass the budget.
+        """
+        if not self.has_room_for(declared_length):
+            raise self.refusal(self.held_bytes, declared_length)
+        reservation = BodyReservation(self)
+        try:
+            yield reservation
+        finally:
+            reservation.give_back_all()
+
+
+class BodyReservation:
+    """The bytes one body holds in its BodyBudget: grown as chunks arrive, given back when the request ends."""
+
+    def __init__(self, budget):
+        self._budget = budget
+        self.held_bytes = 0
+
+    def grow(self, length):
+        """Hold length more bytes for this body, or raise the budget's 503 Refusal."""
+        self._budget.take(length)
+        self.held_bytes += length
+
+    def shrink(self, length):
+        length = min(length, self.held_bytes)
+        self._budget.give_back(length)
+        self.held_bytes -= length
+
+    def give_back_all(self):
+        self.shrink(self.held_bytes)

@@ -2,11 +2,12 @@
 
     admit (the format's auth, draining, framing) ─▶ the format's media type
       ─▶ the query and Accept, read once ─▶ the format's task fields (model, format fields)
-      ─▶ reserve the body budget ─▶ read the body ─▶ TaskHeader + body to the pool
-      ─▶ wait for the worker's Result until the deadline ─▶ the handler writes it
+      ─▶ read the body, charged to the body budget as it arrives ─▶ TaskHeader + body to the pool
+      ─▶ wait for the worker's Result until the deadline ─▶ the handler writes it, held in the answer budget
 
-The body stays reserved until the answer is written, so the budget counts
-every byte the front end holds for the request. What differs between wire
+The body's bytes stay charged until the answer is written, and the answer's
+from when it arrives until the client has it (or is dropped for reading too
+slowly), so the two budgets count every byte the front end holds for a request. What differs between wire
 formats (paths, media types, the fields they add, how errors look) is the
 format module's (front/formats); the exchange never asks which one it runs.
 """
@@ -28,7 +29,7 @@ class DetectionExchange:
         """Run one request; write_result(result) writes its answer while the body is still reserved.
 
         http is the request's handler: its headers, path and request_id, and
-        receive_body(length) to read the body. Raises the Refusal of a request
+        receive_body(length, reservation) to read the body. Raises the Refusal of a request
         refused on the way.
         """
         state, config = self.state, self.state.config
@@ -39,8 +40,8 @@ class DetectionExchange:
         # Before the body: a request for a model the server does not run reads none of it.
         format_header = wire_format.task_fields(http.headers, options, params, state.model_names)
         format_header["format_fields"] = {**format_header.get("format_fields", {}), **auth_fields}
-        with state.body_budget.reserved(body_length):  # before a byte of the body is read
-            body = http.receive_body(body_length)
+        with state.body_budget.reading(body_length) as reservation:  # charged as the body arrives
+            body = http.receive_body(body_length, reservation)
             header = TaskHeader(**{
                 "task_id": state.next_task_id(), "request_id": http.request_id, "media_type": media_type,
                 "query_image_id": options.image_id, "enqueued_at_s": time.monotonic(),
@@ -53,4 +54,5 @@ class DetectionExchange:
             result = pending.wait(header.deadline_at_s - time.monotonic())
             if result is None:
                 raise deadline_exceeded(config.request_timeout_s, options.image_id)
-            write_result(result)
+            with state.answer_budget.holding(len(result.body)):  # until the slowest reader has it, or is dropped
+                write_result(result)

@@ -119,13 +119,13 @@ class DetectionRequestHandler(StrictRequestHandler):
             except Refusal as refusal:
                 self._refuse(refusal)
 
-    def receive_body(self, length):
-        """The request's body, read within --client-timeout-s (the exchange asks, after admitting it)."""
+    def receive_body(self, length, reservation):
+        """The request's body, charged to reservation as it arrives (the exchange asks, after admitting it)."""
         if self.headers.get("Expect", "").lower() == "100-continue" and self.request_version == "HTTP/1.1":
             # Only now, after every check a refusal could come from, invite the body.
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.wfile.flush()
-        body = read_body(self.rfile, self.connection, length, self.client_timeout_s())
+        body = read_body(self.rfile, self.connection, length, self.client_timeout_s(), reservation)
         self._body_read = True
         return body
 

@@ -1,10 +1,11 @@
-"""ServerState: what every request handler reads about the server (config, pool, metrics, drain)."""
+"""ServerState: what every request handler reads about the server (config, pool, metrics, budgets, drain)."""
 
 import contextlib
 import itertools
 import threading
 
 from ..metrics import GaugeReadings
+from .answer_budget import AnswerBudget
 from .body_budget import BodyBudget
 
 
@@ -17,6 +18,7 @@ class ServerState:
         self.pool = pool
         self.metrics = metrics
         self.body_budget = BodyBudget(config.max_body_buffer_bytes)
+        self.answer_budget = AnswerBudget(config.max_answer_buffer_bytes)
         self.draining = False  # set once by server.run on the first SIGTERM/SIGINT
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()

@@ -2,25 +2,36 @@
 
 This is the HTTP/1.1 hygiene every route shares, and knows nothing of
 detection: the request line and headers are parsed per RFC 9112
-(request_head), bounded in bytes and, with the keep-alive wait, in time
-(one --client-timeout-s deadline); a bad head is answered and the connection
-closed; and a connection closed with input still unread is drained for a
-moment first, so the kernel does not turn the close into a reset that
-destroys the answer just written (nginx's lingering close).
+(request_head) and bounded in bytes and in time: a new connection's head must
+be complete within the server's head_timeout_s of its accept (--head-timeout-s);
+a kept-alive connection may wait up to --client-timeout-s for its next
+request's first byte, and then has head_timeout_s for the rest of the head.
+Each deadline is one clock for the whole head, not a timeout per read. A bad
+head is answered and the connection closed. Answers leave through a
+MinimumRateWriter, so a client that reads too slowly is dropped. A connection
+closed with input still unread is drained for a moment first, so the kernel
+does not turn the close into a reset that destroys the answer just written
+(nginx's lingering close).
 
-A subclass routes: every method, known or not, arrives at route_request.
+The server is a BoundedHTTPServer: its ConnectionTable learns here when a
+connection starts a request (from then on it keeps its slot) and when it
+waits for the next one (from then on a newer connection may take its slot,
+which ends the wait at once). A subclass routes: every method, known or not,
+arrives at route_request.
 """
 
 import http.client
+import logging
 import socket
 import time
 from http.server import BaseHTTPRequestHandler
 
+from .answer_writer import MinimumRateWriter, SlowReader
 from .deadline_reader import DeadlineLineReader
+from .lingering_close import LINGER_MAX_BYTES, LINGER_S
 from .request_head import MAX_HEAD_BYTES, HeadError, parse_head
 
-LINGER_S = 1.0
-LINGER_MAX_BYTES = 1 << 20
+log = logging.getLogger("detserve.http")
 
 
 class StrictRequestHandler(BaseHTTPRequestHandler):
@@ -56,25 +67,69 @@ class StrictRequestHandler(BaseHTTPRequestHandler):
         self.timeout = self.client_timeout_s()
         super().setup()
         self.rfile = DeadlineLineReader(self.rfile, self.connection)
+        self.wfile.close()  # http.server's buffered writer: answers leave through ours
+        self.wfile = MinimumRateWriter(self.connection, self.wbufsize)
+        self._slot = self.server.connections.find(self.request)  # None: evicted before this thread began
+        self._requests_started = 0
 
     def handle_one_request(self):
         self.headers = self.path = self.command = None  # never a previous request's, if this one fails
         self.request_version = self.default_request_version
-        # An idle keep-alive and the request line and headers share one deadline.
-        self.rfile.deadline_s = time.monotonic() + self.timeout
+        self.close_connection = True
         self.start_request()
+        self.rfile.on_bytes = None  # a body a previous request left unread closed its connection
+        if self._slot is None or self._slot.evicted:
+            return
         try:
+            if not self._wait_for_request():
+                return
             self.raw_requestline = self.rfile.readline(MAX_HEAD_BYTES + 1)
-            if not self.raw_requestline:
-                self.close_connection = True
+            if not self.raw_requestline or self._slot.evicted:
                 return
             if self.parse_request():
+                if not self._request_started():
+                    self.close_connection = True
+                    return
+                self._requests_started += 1
                 self.rfile.deadline_s = None
                 self.connection.settimeout(self.timeout)  # not what was left of the head's deadline
                 self.route_request(self.command)
                 self.wfile.flush()
+        except SlowReader as exc:
+            log.warning("closed the connection from %s: %s", self.client_address[0], exc)
+            self.close_connection = True
         except TimeoutError:  # a read or a write timed out: discard this connection
             self.close_connection = True
+        except OSError:
+            if not self._slot.evicted:
+                raise
+            self.close_connection = True  # we shut it down ourselves: nothing to report
+
+    def _request_started(self):
+        """Tell the table the head is complete; a body still to come keeps the connection evictable."""
+        table = self.server.connections
+        if self.headers.get("Content-Length", "0").strip() in ("", "0"):
+            return table.request_started(self._slot)
+        self.rfile.on_bytes = lambda: table.body_arrived(self._slot)
+        return table.request_started(self._slot, body_pending=True)
+
+    def _wait_for_request(self):
+        """Set the head's deadline; on a kept-alive connection first wait for the next request's first byte.
+
+        False when the connection is to be closed instead (the client closed
+        it, kept it idle too long, or a newer connection took its slot).
+        """
+        head_timeout_s = self.server.head_timeout_s
+        if not self._requests_started:
+            self.rfile.deadline_s = self._slot.accepted_at_s + head_timeout_s
+            return True
+        self.server.connections.waiting(self._slot)
+        self.rfile.deadline_s = None
+        self.connection.settimeout(self.timeout)
+        if not self.rfile.peek(1) or self._slot.evicted:  # the idle wait: --client-timeout-s
+            return False
+        self.rfile.deadline_s = time.monotonic() + head_timeout_s
+        return True
 
     def parse_request(self):
         """Parse the request line and headers strictly; on a bad head answer and close."""
@@ -83,7 +138,8 @@ class StrictRequestHandler(BaseHTTPRequestHandler):
             head = self.raw_requestline + self._read_header_lines(MAX_HEAD_BYTES - len(self.raw_requestline))
             self.command, self.path, self.request_version, fields = parse_head(head)
         except HeadError as error:
-            self.send_error(error.status, error.message)
+            if not self._slot.evicted:  # an evicted connection's head was cut short by us: nobody to answer
+                self.send_error(error.status, error.message)
             return False
         self.requestline = self.raw_requestline.decode("latin-1").rstrip("\r\n")
         self.headers = http.client.HTTPMessage()
