@@ -1,5 +1,6 @@
-"""Everything the tests share: sample images, base64, one raw-socket exchange, reading /metrics,
-plain HTTP requests and the server launcher (bench's, so tests and benchmarks start detserve alike).
+"""Everything the tests share: sample images and request bodies, base64, one raw-socket exchange,
+reading /metrics, waiting on a condition, plain HTTP requests and the server launcher (bench's, so
+tests and benchmarks start detserve alike).
 
 Test modules import this module (and ``reference``), never each other; conftest.py holds only fixtures.
 """
@@ -12,16 +13,24 @@ import math
 import re
 import socket
 import struct
+import time
 import zlib
 from dataclasses import dataclass, field
 
 from bench.server_process import REPO_ROOT, ServerFailed, ServerProcess, http_request, worker_pids
+from reference import assert_same_detections, reference_detections
 
 __all__ = ["REPO_ROOT", "INPUT_FOLDER", "ServerFailed", "ServerProcess", "http_request", "worker_pids",
-           "sample_images", "image_bytes", "camera_jpeg", "b64", "png_claiming", "RawResponse", "raw_exchange", "read_response",
-           "ExpositionError", "Scrape", "parse_exposition", "scrape_metrics", "metric_value"]
+           "sample_images", "image_bytes", "camera_jpeg", "b64", "png_claiming", "camera_body", "camera_json",
+           "RawResponse", "raw_exchange", "read_response",
+           "ExpositionError", "Scrape", "parse_exposition", "scrape_metrics", "metric_value",
+           "EVENT_TIMEOUT_S", "wait_until", "wait_until_ready", "access_line", "logged_batch_size",
+           "assert_still_serving", "iou"]
 
 INPUT_FOLDER = REPO_ROOT / "inputfolder"
+# A bound on waiting for something that should happen, never asserted as a duration:
+# on a busy 2-core machine a worker's spawn alone can take seconds.
+EVENT_TIMEOUT_S = 30
 
 
 # -- images --------------------------------------------------------------------------------------
@@ -43,6 +52,16 @@ def camera_jpeg():
 
 def b64(data):
     return base64.b64encode(data).decode()
+
+
+def camera_body(image_id="camera"):
+    """The JSON request for the cameraman, as a dict (ServerProcess.request sends a dict as JSON)."""
+    return {"id": image_id, "image": b64(camera_jpeg())}
+
+
+def camera_json(image_id="camera"):
+    """The same request as the bytes of its body, for raw sockets."""
+    return json.dumps(camera_body(image_id)).encode()
 
 
 def png_claiming(width, height):
@@ -367,3 +386,62 @@ def metric_value(srv, name_with_labels):
         labels, end = _parse_labels(name_with_labels, end, name_with_labels)
     assert end == len(name_with_labels), f"not a sample name: {name_with_labels!r}"
     return scrape_metrics(srv).value(name, **labels)
+
+
+# -- waiting on a condition ---------------------------------------------------------------------------
+def wait_until(condition, what, timeout_s=EVENT_TIMEOUT_S, interval_s=0.05):
+    """Poll condition() until it is true and return its value; fail naming `what` after timeout_s.
+
+    The tests wait for what they need to see (a gauge, a line, a process gone)
+    instead of sleeping for a time that is too long on a quiet machine and too
+    short on a busy one.
+    """
+    deadline_s = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline_s, f"not within {timeout_s} s: {what}"
+        time.sleep(interval_s)
+
+
+def wait_until_ready(srv, timeout_s=EVENT_TIMEOUT_S):
+    """Wait until srv answers /readyz with 200 (every worker loaded), failing at once if it exited."""
+    def ready():
+        assert srv.proc.poll() is None, f"the server exited ({srv.proc.returncode}): " + " | ".join(srv.lines[-3:])
+        return srv.request("/readyz")[0] == 200
+    wait_until(ready, "the server ready", timeout_s)
+
+
+def access_line(srv, request_id, timeout_s=EVENT_TIMEOUT_S):
+    """The text-format access line of the request sent with X-Request-ID request_id.
+
+    A line is written just after its answer is sent, so a client can hold the
+    answer before the line exists: this waits for it.
+    """
+    return srv.wait_for_line(rf" rid={re.escape(request_id)}( |$)", timeout_s=timeout_s)
+
+
+def logged_batch_size(srv, request_id):
+    """How many images shared the forward pass of that request, from its access line (0: none ran)."""
+    match = re.search(r" batch_size=(\d+)", access_line(srv, request_id))
+    return int(match.group(1)) if match else 0
+
+
+def assert_still_serving(srv):
+    """srv still answers a detection, with the reference's detections."""
+    status, _, payload = srv.request("/api/", camera_body("still-serving"))
+    assert status == 200, payload
+    assert_same_detections(payload["detections"], reference_detections(camera_jpeg()))
+
+
+# -- comparing detections -----------------------------------------------------------------------------
+def iou(box_a, box_b):
+    """Intersection over union of two [x, y, w, h] boxes."""
+    ax, ay, aw, ah = box_a
+    bx, by, bw, bh = box_b
+    overlap_w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    overlap_h = max(0, min(ay + ah, by + bh) - max(ay, by))
+    overlap = overlap_w * overlap_h
+    union = aw * ah + bw * bh - overlap
+    return overlap / union if union else 0.0

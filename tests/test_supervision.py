@@ -18,10 +18,8 @@ from detserve.pool.pending import PendingRequest
 from detserve.pool.worker_pool import WorkerPool
 from detserve.protocol import RejectReason, Refusal
 from standin_worker import BOOT_CONTROL_ENV, BOOT_FAILURE_REASON, BOOT_LOG_ENV, standin_worker
+from support import EVENT_TIMEOUT_S, wait_until
 
-# Bounds on waiting for something that should happen, never asserted as durations:
-# on a busy machine a spawn can take a second.
-EVENT_TIMEOUT_S = 20
 REQUEST_DEADLINE_S = 60
 
 
@@ -78,13 +76,6 @@ def answer(pending):
     result = pending.wait(EVENT_TIMEOUT_S)
     assert result is not None, f"request {pending.task_id} was never answered"
     return result
-
-
-def wait_until(condition, what):
-    deadline_s = time.monotonic() + EVENT_TIMEOUT_S
-    while not condition():
-        assert time.monotonic() < deadline_s, f"{what} did not happen within {EVENT_TIMEOUT_S} s"
-        time.sleep(0.02)
 
 
 def wait_ready(pool):
