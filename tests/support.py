@@ -16,15 +16,16 @@ import struct
 import time
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.server_process import REPO_ROOT, ServerFailed, ServerProcess, http_request, worker_pids
 from reference import assert_same_detections, reference_detections
 
 __all__ = ["REPO_ROOT", "INPUT_FOLDER", "ServerFailed", "ServerProcess", "http_request", "worker_pids",
            "sample_images", "image_bytes", "camera_jpeg", "b64", "png_claiming", "camera_body", "camera_json",
-           "RawResponse", "raw_exchange", "read_response",
+           "RawResponse", "raw_exchange", "read_response", "sockets_at", "unread_bytes", "open_connections",
            "ExpositionError", "Scrape", "parse_exposition", "scrape_metrics", "metric_value",
-           "EVENT_TIMEOUT_S", "wait_until", "wait_until_ready", "access_line", "logged_batch_size",
+           "EVENT_TIMEOUT_S", "poll_until", "wait_until", "wait_until_ready", "access_line", "logged_batch_size",
            "assert_still_serving", "iou"]
 
 INPUT_FOLDER = REPO_ROOT / "inputfolder"
@@ -131,6 +132,31 @@ def read_response(sock):
             break
         content += chunk
     return RawResponse(response.status, response.head, content if length is None else content[:int(length)])
+
+
+# -- the kernel's view of a server's connections (Linux /proc) ---------------------------------------
+TCP_STATES = {"01": "ESTABLISHED", "06": "TIME_WAIT", "08": "CLOSE_WAIT", "0A": "LISTEN"}  # the ones tests ask for
+
+
+def sockets_at(port):
+    """(state, unread bytes) of every IPv4 TCP socket whose local port is `port`: for a server on
+    127.0.0.1, its listening socket and its own end of each client connection."""
+    found = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port:
+            found.append((TCP_STATES.get(fields[3], fields[3]), int(fields[4].split(":")[1], 16)))
+    return found
+
+
+def unread_bytes(port):
+    """Bytes clients sent that the server at port has not read yet (0: it took in all it was sent)."""
+    return sum(unread for state, unread in sockets_at(port) if state != "LISTEN")
+
+
+def open_connections(port):
+    """Client connections the server at port still holds open (closing is the server's own close)."""
+    return sum(state in ("ESTABLISHED", "CLOSE_WAIT") for state, _ in sockets_at(port))
 
 
 # -- /metrics: a strict Prometheus text-format (0.0.4) parser ----------------------------------------
@@ -389,6 +415,16 @@ def metric_value(srv, name_with_labels):
 
 
 # -- waiting on a condition ---------------------------------------------------------------------------
+def poll_until(condition, timeout_s, interval_s=0.05):
+    """Poll condition() until it is true or timeout_s passed; return its last value."""
+    deadline_s = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value or time.monotonic() >= deadline_s:
+            return value
+        time.sleep(interval_s)
+
+
 def wait_until(condition, what, timeout_s=EVENT_TIMEOUT_S, interval_s=0.05):
     """Poll condition() until it is true and return its value; fail naming `what` after timeout_s.
 
@@ -396,13 +432,9 @@ def wait_until(condition, what, timeout_s=EVENT_TIMEOUT_S, interval_s=0.05):
     instead of sleeping for a time that is too long on a quiet machine and too
     short on a busy one.
     """
-    deadline_s = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline_s, f"not within {timeout_s} s: {what}"
-        time.sleep(interval_s)
+    value = poll_until(condition, timeout_s, interval_s)
+    assert value, f"not within {timeout_s} s: {what}"
+    return value
 
 
 def wait_until_ready(srv, timeout_s=EVENT_TIMEOUT_S):
