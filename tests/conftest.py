@@ -30,10 +30,12 @@ def pytest_collection_modifyitems(items):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item, nextitem):
-    yield  # the test's own fixtures first: a browser tab may still be talking to the server
-    for name, last_user in _last_user.items():
-        if last_user == item.nodeid and name in _running:
-            _running.pop(name).stop()
+    try:
+        return (yield)  # the test's own fixtures first: a browser tab may still be talking to the server
+    finally:
+        for name, last_user in _last_user.items():
+            if last_user == item.nodeid and name in _running:
+                _running.pop(name).stop()
 
 
 @contextlib.contextmanager
