@@ -413,15 +413,18 @@ def limit_descriptors_to_128():
     resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
 
 
-def open_until_no_longer_accepted(port, most=400):
-    """Open idle connections until a new one's request gets no answer; return every socket opened."""
+def open_until_no_longer_accepted(srv, most=400):
+    """Open idle connections until the server says it cannot accept one; return every socket opened."""
     opened = []
     while len(opened) < most:
-        opened.extend(connect(port) for _ in range(8))
-        probe = connect(port)
+        opened.extend(connect(srv.port) for _ in range(8))
+        probe = connect(srv.port)
         opened.append(probe)
         probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-        if not answered_within(probe, 1.0):
+        outcome = wait_until(lambda: ("refused" if any("cannot accept connections" in line for line in srv.lines)
+                                      else "served" if answered_within(probe, 0) else None),
+                             "the probe served, or the server out of descriptors")
+        if outcome == "refused":
             return opened
         read_response(probe)  # served: keep it open, idle, like the others
     raise AssertionError(f"{most} connections were all accepted: the descriptor limit did not apply")
@@ -436,7 +439,7 @@ def test_out_of_descriptors_the_server_rides_it_out():
         kept = connect(srv.port)
         kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         assert read_response(kept).status == 200
-        idle = open_until_no_longer_accepted(srv.port)
+        idle = open_until_no_longer_accepted(srv)
         problems = []
         try:
             kept.sendall(b"POST /api/?id=kept HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\n"
