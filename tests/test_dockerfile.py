@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from detserve.config import Config
-from support import REPO_ROOT, b64, camera_jpeg
+from support import REPO_ROOT, camera_json
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
@@ -256,7 +256,7 @@ def test_image_serves():
 
         status, text = _get(base + "/")
         assert status == 200, text
-        body = json.dumps({"id": "image-test-1", "image": b64(camera_jpeg())}).encode()  # a person in it
+        body = camera_json("image-test-1")  # a person in it
         status, text = _get(base + "/api/", body)
         print(f"POST /api/ camera.jpg: {status} {text}")
         assert status == 200, text

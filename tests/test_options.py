@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from support import INPUT_FOLDER, access_line, b64, camera_jpeg, logged_batch_size, metric_value, sample_images
+from support import (INPUT_FOLDER, access_line, b64, camera_body, camera_jpeg, logged_batch_size, metric_value,
+                     sample_images)
 from detserve.model_files import DEFAULT_MODEL_DIR, read_labels
 from reference import assert_same_detections, reference_detections
 
@@ -126,7 +127,7 @@ def test_an_invalid_query_option_is_a_400_that_names_it(server, query):
 
 @pytest.mark.parametrize("name, value", BAD_FIELDS)
 def test_an_invalid_json_option_is_a_400_that_names_it(server, name, value):
-    status, _, payload = post_json(server, {"id": "bad", "image": b64(camera_jpeg()), name: value})
+    status, _, payload = post_json(server, {**camera_body("bad"), name: value})
     assert status == 400, payload
     assert name in payload["error"] and payload["id"] == "bad"
 
@@ -136,7 +137,7 @@ def test_an_unknown_label_is_named_and_the_list_is_pointed_at(server):
     assert status == 400
     assert "'unicorn'" in payload["error"] and "GET /api/labels" in payload["error"]
     assert "'person'" not in payload["error"]
-    status, _, payload = post_json(server, {"id": "u", "image": b64(camera_jpeg()), "classes": ["Person"]})
+    status, _, payload = post_json(server, {**camera_body("u"), "classes": ["Person"]})
     assert status == 400 and "'Person'" in payload["error"]
 
 
