@@ -203,6 +203,10 @@ class Scrape:
         assert key in samples, f"no sample {name}{labels}; have {sorted(dict(k[1]) for k in samples)}"
         return samples[key]
 
+    def count(self, name, **labels):
+        """A counter's value, 0 for a labelled series not exported yet (before its first event)."""
+        return self.family(name).samples.get((name, frozenset(labels.items())), 0)
+
     def histogram(self, name, **labels):
         """(buckets as [(le, cumulative count)], sum, count) of one histogram series."""
         family = self.family(name)

@@ -51,9 +51,8 @@ def queue_depth(srv):
 
 
 def api_answers(srv, code):
-    """How many answers with this status the API route has sent (0 before the first)."""
-    samples = scrape_metrics(srv).family("detserve_http_requests_total").samples
-    return samples.get(("detserve_http_requests_total", frozenset({("route", "/api/"), ("code", str(code))})), 0)
+    """How many answers with this status the API route has sent."""
+    return scrape_metrics(srv).count("detserve_http_requests_total", route="/api/", code=str(code))
 
 
 def worker_pid_of_slot(srv, index):
