@@ -6,7 +6,9 @@ was most of the suite's time. A test that changes a server's state for good
 (kills or replaces a worker, drains, sends a signal) starts its own; one that
 changes it for a moment (SIGSTOPs the worker) puts it back before it ends.
 Each shared server runs from the first test that asks for it to the last
-one, not to the end of the session, so idle models do not pile up in memory.
+one, not to the end of the session, so idle models do not pile up in memory:
+a test names the shared servers it uses among its fixtures (or its fixtures'),
+where collection sees them, never through request.getfixturevalue.
 """
 
 import contextlib

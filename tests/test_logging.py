@@ -25,13 +25,13 @@ BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{100,}")
 
 
 @pytest.fixture(params=["text", "json"])
-def srv(request):
+def srv(request, server, json_log_server):
     """The shared server of each log format (ServerProcess knows the ready line of both); its
     lines from this test on are srv.lines[srv.first_line:]."""
-    server = request.getfixturevalue({"text": "server", "json": "json_log_server"}[request.param])
-    server.log_format = request.param
-    server.first_line = len(server.lines)
-    return server
+    chosen = {"text": server, "json": json_log_server}[request.param]
+    chosen.log_format = request.param
+    chosen.first_line = len(chosen.lines)
+    return chosen
 
 
 # -- reading the access log -------------------------------------------------------------------------
