@@ -1,6 +1,6 @@
-"""Everything the tests share: sample images, base64, multipart bodies, one raw-socket exchange,
-reading /metrics, the docs' curl examples, plain HTTP requests and the server launcher (bench's,
-so tests and benchmarks start detserve alike).
+"""Everything the tests share: sample images and request bodies, base64, multipart bodies, one raw-socket
+exchange, reading /metrics, waiting on a condition, the docs' curl examples, plain HTTP requests and the
+server launcher (bench's, so tests and benchmarks start detserve alike).
 
 Test modules import this module (and ``reference``), never each other; conftest.py holds only fixtures.
 """
@@ -15,18 +15,26 @@ import shlex
 import socket
 import struct
 import subprocess
+import time
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.server_process import REPO_ROOT, ServerFailed, ServerProcess, http_request, worker_pids
+from reference import assert_same_detections, reference_detections
 
 __all__ = ["REPO_ROOT", "INPUT_FOLDER", "ServerFailed", "ServerProcess", "http_request", "worker_pids",
-           "sample_images", "image_bytes", "camera_jpeg", "b64", "png_claiming", "PDF", "FORM_BOUNDARY", "form_part",
-           "multipart_body", "form_content_type", "RawResponse", "raw_exchange", "read_response",
+           "sample_images", "image_bytes", "camera_jpeg", "b64", "png_claiming", "camera_body", "camera_json",
+           "PDF", "FORM_BOUNDARY", "form_part", "multipart_body", "form_content_type",
+           "RawResponse", "raw_exchange", "read_response", "sockets_at", "unread_bytes", "open_connections",
            "ExpositionError", "Scrape", "parse_exposition", "scrape_metrics", "metric_value",
-           "DocExample", "doc_examples", "run_doc_example"]
+           "EVENT_TIMEOUT_S", "poll_until", "wait_until", "wait_until_ready", "access_line", "logged_batch_size",
+           "assert_still_serving", "iou", "DocExample", "doc_examples", "run_doc_example"]
 
 INPUT_FOLDER = REPO_ROOT / "inputfolder"
+# A bound on waiting for something that should happen, never asserted as a duration:
+# on a busy 2-core machine a worker's spawn alone can take seconds.
+EVENT_TIMEOUT_S = 30
 
 
 # -- images --------------------------------------------------------------------------------------
@@ -48,6 +56,16 @@ def camera_jpeg():
 
 def b64(data):
     return base64.b64encode(data).decode()
+
+
+def camera_body(image_id="camera"):
+    """The JSON request for the cameraman, as a dict (ServerProcess.request sends a dict as JSON)."""
+    return {"id": image_id, "image": b64(camera_jpeg())}
+
+
+def camera_json(image_id="camera"):
+    """The same request as the bytes of its body, for raw sockets."""
+    return json.dumps(camera_body(image_id)).encode()
 
 
 def png_claiming(width, height):
@@ -142,6 +160,31 @@ def read_response(sock):
     return RawResponse(response.status, response.head, content if length is None else content[:int(length)])
 
 
+# -- the kernel's view of a server's connections (Linux /proc) ---------------------------------------
+TCP_STATES = {"01": "ESTABLISHED", "06": "TIME_WAIT", "08": "CLOSE_WAIT", "0A": "LISTEN"}  # the ones tests ask for
+
+
+def sockets_at(port):
+    """(state, unread bytes) of every IPv4 TCP socket whose local port is `port`: for a server on
+    127.0.0.1, its listening socket and its own end of each client connection."""
+    found = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port:
+            found.append((TCP_STATES.get(fields[3], fields[3]), int(fields[4].split(":")[1], 16)))
+    return found
+
+
+def unread_bytes(port):
+    """Bytes clients sent that the server at port has not read yet (0: it took in all it was sent)."""
+    return sum(unread for state, unread in sockets_at(port) if state != "LISTEN")
+
+
+def open_connections(port):
+    """Client connections the server at port still holds open (closing is the server's own close)."""
+    return sum(state in ("ESTABLISHED", "CLOSE_WAIT") for state, _ in sockets_at(port))
+
+
 # -- /metrics: a strict Prometheus text-format (0.0.4) parser ----------------------------------------
 # Written from the format's rules, so a test fails when the exposition is wrong
 # even where Prometheus itself would be lenient; test_metrics tests it first.
@@ -185,6 +228,10 @@ class Scrape:
         samples = self.family(name).samples
         assert key in samples, f"no sample {name}{labels}; have {sorted(dict(k[1]) for k in samples)}"
         return samples[key]
+
+    def count(self, name, **labels):
+        """A counter's value, 0 for a labelled series not exported yet (before its first event)."""
+        return self.family(name).samples.get((name, frozenset(labels.items())), 0)
 
     def histogram(self, name, **labels):
         """(buckets as [(le, cumulative count)], sum, count) of one histogram series."""
@@ -445,3 +492,68 @@ def _without_varying_fields(answer):
     if isinstance(answer, dict):
         return {name: value for name, value in answer.items() if name not in VARYING_FIELDS}
     return answer
+
+
+# -- waiting on a condition ---------------------------------------------------------------------------
+def poll_until(condition, timeout_s, interval_s=0.05):
+    """Poll condition() until it is true or timeout_s passed; return its last value."""
+    deadline_s = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value or time.monotonic() >= deadline_s:
+            return value
+        time.sleep(interval_s)
+
+
+def wait_until(condition, what, timeout_s=EVENT_TIMEOUT_S, interval_s=0.05):
+    """Poll condition() until it is true and return its value; fail naming `what` after timeout_s.
+
+    The tests wait for what they need to see (a gauge, a line, a process gone)
+    instead of sleeping for a time that is too long on a quiet machine and too
+    short on a busy one.
+    """
+    value = poll_until(condition, timeout_s, interval_s)
+    assert value, f"not within {timeout_s} s: {what}"
+    return value
+
+
+def wait_until_ready(srv, timeout_s=EVENT_TIMEOUT_S):
+    """Wait until srv answers /readyz with 200 (every worker loaded), failing at once if it exited."""
+    def ready():
+        assert srv.proc.poll() is None, f"the server exited ({srv.proc.returncode}): " + " | ".join(srv.lines[-3:])
+        return srv.request("/readyz")[0] == 200
+    wait_until(ready, "the server ready", timeout_s)
+
+
+def access_line(srv, request_id, timeout_s=EVENT_TIMEOUT_S):
+    """The text-format access line of the request sent with X-Request-ID request_id.
+
+    A line is written just after its answer is sent, so a client can hold the
+    answer before the line exists: this waits for it.
+    """
+    return srv.wait_for_line(rf" rid={re.escape(request_id)}( |$)", timeout_s=timeout_s)
+
+
+def logged_batch_size(srv, request_id):
+    """How many images shared the forward pass of that request, from its access line (0: none ran)."""
+    match = re.search(r" batch_size=(\d+)", access_line(srv, request_id))
+    return int(match.group(1)) if match else 0
+
+
+def assert_still_serving(srv):
+    """srv still answers a detection, with the reference's detections."""
+    status, _, payload = srv.request("/api/", camera_body("still-serving"))
+    assert status == 200, payload
+    assert_same_detections(payload["detections"], reference_detections(camera_jpeg()))
+
+
+# -- comparing detections -----------------------------------------------------------------------------
+def iou(box_a, box_b):
+    """Intersection over union of two [x, y, w, h] boxes."""
+    ax, ay, aw, ah = box_a
+    bx, by, bw, bh = box_b
+    overlap_w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    overlap_h = max(0, min(ay + ah, by + bh) - max(ay, by))
+    overlap = overlap_w * overlap_h
+    union = aw * ah + bw * bh - overlap
+    return overlap / union if union else 0.0

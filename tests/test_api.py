@@ -3,6 +3,7 @@
 import base64
 import json
 import re
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from reference import assert_same_detections, reference_detections
-from support import ServerProcess, b64, image_bytes, sample_images
+from support import b64, image_bytes, logged_batch_size, sample_images
 
 
 def blank_png(width=320, height=240):
@@ -104,14 +105,18 @@ def test_png_input_matches_reference(server, images):
     assert_same_detections(payload["detections"], reference_detections(png))
 
 
-def test_forced_batches_give_exactly_the_unbatched_detections(images):
+def test_forced_batches_give_exactly_the_unbatched_detections(batching_server, images):
     """Batch invariance: a batched image must get exactly the detections it gets alone."""
-    jobs = [(f"{name}-{i}", data) for i in range(2) for name, data in images.items()]
-    with ServerProcess("--workers", "1", "--max-batch", "4", "--max-wait-ms", "300") as srv:
-        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-            answers = list(pool.map(
-                lambda job: (job, srv.request("/api/", {"id": job[0], "image": b64(job[1])})), jobs))
-        batch_sizes = [int(m) for m in re.findall(r"batch_size=(\d+)", "\n".join(srv.lines))]
+    jobs = [(f"{name}-{i}-{uuid.uuid4().hex}", data) for i in range(2) for name, data in images.items()]
+
+    def post(job):
+        image_id, data = job
+        return batching_server.request("/api/", {"id": image_id, "image": b64(data)},
+                                       headers={"X-Request-ID": image_id})
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        answers = list(zip(jobs, pool.map(post, jobs)))
+    batch_sizes = [logged_batch_size(batching_server, image_id) for image_id, _ in jobs]
     assert max(batch_sizes) > 1, f"no batch formed: {batch_sizes}"
     for (image_id, data), (status, _, payload) in answers:
         assert status == 200, payload

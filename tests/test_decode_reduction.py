@@ -11,7 +11,7 @@ import struct
 import cv2
 import pytest
 
-from support import INPUT_FOLDER, ServerProcess, sample_images
+from support import INPUT_FOLDER, ServerProcess, iou, sample_images
 from detserve.worker.image_decoding import MIN_REDUCED_SIDE_PX, decode_image, jpeg_reduction
 from detserve.worker.parsed_request import ImageRequest
 from reference import assert_same_detections, reference_detections
@@ -40,16 +40,6 @@ def with_exif_orientation(jpeg, orientation):
     return jpeg[:2] + app1 + jpeg[2:]
 
 
-def iou(box_a, box_b):
-    ax, ay, aw, ah = box_a
-    bx, by, bw, bh = box_b
-    overlap_w = max(0, min(ax + aw, bx + bw) - max(ax, bx))
-    overlap_h = max(0, min(ay + ah, by + bh) - max(ay, by))
-    overlap = overlap_w * overlap_h
-    union = aw * ah + bw * bh - overlap
-    return overlap / union if union else 0.0
-
-
 def assert_matches_full_decode(reduced, full):
     """Every detection on either side has one of the same label on the other with IoU >= 0.5."""
     assert len(reduced) == len(full), (reduced, full)
@@ -71,12 +61,7 @@ def post_jpeg(server, data, content_type="image/jpeg"):
     return payload["detections"]
 
 
-@pytest.fixture(scope="module")
-def server_auto():
-    with ServerProcess("--workers", "1") as srv:  # auto is the default
-        yield srv
-
-
+# The shared `server` decodes with the default, auto; this one never reduces.
 @pytest.fixture(scope="module")
 def server_off():
     with ServerProcess("--workers", "1", env={"DETSERVE_DECODE_REDUCTION": "off"}) as srv:
@@ -109,21 +94,21 @@ def test_a_phone_photo_decodes_reduced_and_remembers_its_original_size(phone_pho
     assert full.original_size_px == PHONE_SIZE_PX
 
 
-def test_below_the_margin_auto_matches_the_reference_exactly(server_auto):
+def test_below_the_margin_auto_matches_the_reference_exactly(server):
     images = {path.name: path.read_bytes() for path in sample_images()}
     images["camera-1600x1200.jpg"] = upscaled("camera.jpg", (1600, 1200))
     images["camera-1920x1080.jpg"] = upscaled("camera.jpg", (1920, 1080))  # at 1/2 a side would be 540
     found_any = False
     for name, data in images.items():
-        detections = post_jpeg(server_auto, data)
+        detections = post_jpeg(server, data)
         assert_same_detections(detections, reference_detections(data))
         found_any = found_any or bool(detections)
     assert found_any
 
 
 def test_above_the_margin_boxes_are_in_original_pixels_and_match_a_full_decode(
-        server_auto, server_off, phone_photo):
-    reduced = post_jpeg(server_auto, phone_photo)
+        server, server_off, phone_photo):
+    reduced = post_jpeg(server, phone_photo)
     full = post_jpeg(server_off, phone_photo)
     assert reduced, "the upscaled camera photo should contain a person"
     assert_inside(reduced, *PHONE_SIZE_PX)
@@ -132,25 +117,25 @@ def test_above_the_margin_boxes_are_in_original_pixels_and_match_a_full_decode(
     assert max(d["bbox"][0] + d["bbox"][2] for d in reduced) > 1008
 
 
-def test_an_exif_rotated_photo_gets_boxes_in_the_rotated_frame(server_auto, server_off, phone_photo):
+def test_an_exif_rotated_photo_gets_boxes_in_the_rotated_frame(server, server_off, phone_photo):
     rotated = with_exif_orientation(phone_photo, EXIF_ROTATE_90_CW)
     decoded = decode_image(ImageRequest("rotated", rotated), MAX_PIXELS, "auto")
     assert decoded.pixels.shape == (1008, 756, 3)  # OpenCV applied the orientation to the reduced decode
     assert decoded.original_size_px == (3024, 4032)
-    reduced = post_jpeg(server_auto, rotated)
+    reduced = post_jpeg(server, rotated)
     full = post_jpeg(server_off, rotated)
     assert reduced
     assert_inside(reduced, 3024, 4032)
     assert_matches_full_decode(reduced, full)
     # Not the upright answer: the person found upright is elsewhere once turned.
-    upright = post_jpeg(server_auto, phone_photo)
+    upright = post_jpeg(server, phone_photo)
     assert [d["bbox"] for d in reduced] != [d["bbox"] for d in upright]
 
 
-def test_a_large_png_is_decoded_in_full_as_before(server_auto):
+def test_a_large_png_is_decoded_in_full_as_before(server):
     png = upscaled("camera.jpg", (2000, 1700), extension=".png")  # as a JPEG this would decode at 1/2
     assert jpeg_reduction(2000, 1700) == 2
-    detections = post_jpeg(server_auto, png, content_type="image/png")
+    detections = post_jpeg(server, png, content_type="image/png")
     assert detections
     assert_same_detections(detections, reference_detections(png))
 

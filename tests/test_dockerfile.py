@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from detserve.config import Config
-from support import REPO_ROOT, b64, camera_jpeg
+from support import REPO_ROOT, camera_json
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
@@ -263,7 +263,7 @@ def test_image_serves():
         status, text = _get(base + "/")
         assert status == 200, text
         assert _get(f"http://127.0.0.1:{probe_port}/healthz")[0] == 200, "the probe port"
-        body = json.dumps({"id": "image-test-1", "image": b64(camera_jpeg())}).encode()  # a person in it
+        body = camera_json("image-test-1")  # a person in it
         status, text = _get(base + "/api/", body)
         print(f"POST /api/ camera.jpg: {status} {text}")
         assert status == 200, text

@@ -1,19 +1,11 @@
 """Every documented error: the right status, a JSON body with a reason, and the server keeps serving."""
 
-import base64
 import json
 import socket
 
 import pytest
 
-from reference import assert_same_detections, reference_detections
-from support import b64, camera_jpeg, png_claiming, raw_exchange
-
-
-def assert_still_serving(server):
-    status, _, payload = server.request("/api/", {"id": "after", "image": b64(camera_jpeg())})
-    assert status == 200
-    assert_same_detections(payload["detections"], reference_detections(camera_jpeg()))
+from support import assert_still_serving, b64, camera_body, camera_jpeg, camera_json, png_claiming, raw_exchange
 
 
 def json_body(document):
@@ -26,7 +18,7 @@ JSON_CASES = [  # (name, body builder, status, reason)
     ("not an object", lambda: b"[1, 2, 3]", 400, "must be an object"),
     ("no image", json_body({"id": "x"}), 400, 'no "image"'),
     ("no id", json_body(lambda: {"image": b64(camera_jpeg())}), 400, 'no "id"'),
-    ("numeric id", json_body(lambda: {"id": 7, "image": b64(camera_jpeg())}), 400, '"id" must be a string'),
+    ("numeric id", json_body(lambda: {**camera_body(), "id": 7}), 400, '"id" must be a string'),
     ("image not a string", json_body({"id": "x", "image": 12}), 400, "base64 string"),
     ("invalid base64", json_body({"id": "x", "image": "@@@not base64@@@"}), 400, "not valid base64"),
     ("not an image", json_body(lambda: {"id": "x", "image": b64(b"hello world, not a picture")}), 400,
@@ -115,7 +107,7 @@ def test_a_refused_body_is_never_read_as_the_next_request(server):
 
 
 def test_expect_100_continue_is_answered_before_the_body_and_only_after_the_checks(server):
-    body = b'{"id": "expect", "image": "' + base64.b64encode(camera_jpeg()) + b'"}'
+    body = camera_json("expect")
     head = (b"POST /api/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
             b"Content-Length: %d\r\n\r\n" % len(body))
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:

@@ -24,14 +24,11 @@ from bench.proc_stats import rss_mb
 from detserve.worker.image_decoding import DECODE_BUDGET_NS, decode_cost_ns, reduction_factor
 from detserve.worker.image_header import read_header
 from reference import assert_same_detections, reference_detections
-from support import ServerProcess, b64, camera_jpeg, metric_value, read_response
+from support import (ServerProcess, assert_still_serving, b64, camera_json, camera_jpeg, metric_value, open_connections,
+                     poll_until, raw_exchange, read_response, unread_bytes, wait_until, wait_until_ready)
 
 MIB = 1024 * 1024
 RECV_TIMEOUT_S = 10  # a healthy answer takes well under a second; this only stops a hang
-
-
-def camera_json():
-    return json.dumps({"id": "valid", "image": b64(camera_jpeg())}).encode()
 
 
 # -- measuring a process -------------------------------------------------------------------------
@@ -41,15 +38,6 @@ def cpu_time_s(pid):
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_until_ready(srv, timeout_s=30):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if srv.proc.poll() is None and srv.request("/readyz")[0] == 200:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"server not ready within {timeout_s} s (exit code {srv.proc.poll()})")
 
 
 def post_json(srv, body, timeout_s=60):
@@ -92,18 +80,17 @@ def answered_within(sock, timeout_s):
     return bool(select.select([sock], [], [], timeout_s)[0])
 
 
-def assert_still_serving(port):
-    response, _ = exchange(port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-    assert response.status == 200, response.body
+def in_flight(srv):
+    return metric_value(srv, "detserve_in_flight_requests")
 
 
-# -- the shared server for findings 1, 4, 5 and 6 ---------------------------------------------------
+def the_kernel_buffers_nothing_for(srv):
+    """Wait until the server has read every byte its clients sent (what it holds is then in its RSS)."""
+    wait_until(lambda: unread_bytes(srv.port) == 0, "the server read what the kernel buffered")
 
-@pytest.fixture(scope="module")
-def json_log_server():
-    """One worker (so every request meets the same worker), JSON logs, room for 20 MB bodies."""
-    with ServerProcess("--workers", "1", "--log-format", "json", "--max-body-mb", "24") as srv:
-        yield srv
+
+# The shared json_log_server (conftest) serves findings 1, 4, 5 and 6: one worker, so every
+# request meets the same worker; JSON logs; room for 20 MB bodies.
 
 
 # == Finding 1: a few kilobytes kill a worker ======================================================
@@ -144,11 +131,11 @@ def test_escaped_json_structure_is_a_400_and_never_ends_the_worker(json_log_serv
     restarts_before = metric_value(srv, "detserve_worker_restarts_total")
     with ThreadPoolExecutor(max_workers=3) as pool:
         # Valid requests before and after the hostile one: queued at the same worker.
-        before = pool.submit(post_json, srv, camera_json())
-        time.sleep(0.02)
+        before = pool.submit(post_json, srv, camera_json("valid"))
+        wait_until(lambda: before.done() or in_flight(srv) >= 1, "the request before it in flight")
         hostile = pool.submit(post_json, srv, body)
-        time.sleep(0.02)
-        beside = pool.submit(post_json, srv, camera_json())
+        wait_until(lambda: hostile.done() or in_flight(srv) >= 2, "the hostile request in flight")
+        beside = pool.submit(post_json, srv, camera_json("valid"))
         status, _, payload = hostile.result()
         concurrent_answers = [before.result(), beside.result()]
     assert status == 400, (status, payload)
@@ -157,7 +144,7 @@ def test_escaped_json_structure_is_a_400_and_never_ends_the_worker(json_log_serv
     assert metric_value(srv, "detserve_worker_restarts_total") == restarts_before
     for answer in concurrent_answers:
         assert_valid_answer(answer)
-    assert_valid_answer(post_json(srv, camera_json()))
+    assert_valid_answer(post_json(srv, camera_json("valid")))
 
 
 def test_a_20_mb_body_of_escaped_objects_leaves_the_worker_near_its_baseline(json_log_server):
@@ -166,7 +153,7 @@ def test_a_20_mb_body_of_escaped_objects_leaves_the_worker_near_its_baseline(jso
     (today it keeps ~+140 MB for good)."""
     srv = json_log_server
     wait_until_ready(srv)
-    assert_valid_answer(post_json(srv, camera_json()))  # the worker at its working size
+    assert_valid_answer(post_json(srv, camera_json("valid")))  # the worker at its working size
     (worker,) = srv.worker_pids()
     before_mb = rss_mb(worker)
     unit = r"\u007b}\u002c"  # '{},' escaped
@@ -175,7 +162,7 @@ def test_a_20_mb_body_of_escaped_objects_leaves_the_worker_near_its_baseline(jso
     status, _, payload = post_json(srv, body)
     assert status in (400, 413), (status, payload)
     # One more request so the worker lets go of the big task it last held.
-    assert_valid_answer(post_json(srv, camera_json()))
+    assert_valid_answer(post_json(srv, camera_json("valid")))
     assert srv.worker_pids() == [worker], "the worker died"
     growth_mb = rss_mb(worker) - before_mb
     assert growth_mb < 40, f"worker RSS grew {growth_mb:.0f} MB ({before_mb:.0f} MB before)"
@@ -235,7 +222,7 @@ def test_the_decoding_budget_covers_all_the_images_of_a_request(json_log_server)
 
 # == Finding 5: lenient header parsing ===============================================================
 
-def post_with(*header_lines, body=camera_json()):
+def post_with(*header_lines, body=camera_json("valid")):
     head = [b"POST /api/ HTTP/1.1", b"Host: t", b"Content-Type: application/json",
             b"Content-Length: %d" % len(body), *header_lines]
     return b"\r\n".join(head) + b"\r\n\r\n" + body
@@ -263,12 +250,12 @@ def test_a_head_rfc_9112_rejects_gets_400_and_the_connection_closes(json_log_ser
                                     response.body[:200])
     assert response.json()["error"]
     assert response.header("Connection") == "close" and closed
-    assert_still_serving(json_log_server.port)
+    assert_still_serving(json_log_server)
 
 
 def expect_continue_head(version):
     return (b"POST /api/?id=continue %s\r\nHost: t\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (version, len(camera_json())))
+            b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % (version, len(camera_json("valid"))))
 
 
 def test_100_continue_goes_to_http_1_1_clients_only(json_log_server):
@@ -276,13 +263,13 @@ def test_100_continue_goes_to_http_1_1_clients_only(json_log_server):
     with connect(json_log_server.port) as sock:
         sock.sendall(expect_continue_head(b"HTTP/1.1"))
         assert read_response(sock).status == 100
-        sock.sendall(camera_json())
+        sock.sendall(camera_json("valid"))
         assert read_response(sock).status == 200
     with connect(json_log_server.port) as sock:
         sock.sendall(expect_continue_head(b"HTTP/1.0"))
         # A 1.0 client sends its body after a pause of its own; whatever came back by then is final.
         interim = answered_within(sock, 1.0)
-        sock.sendall(camera_json())
+        sock.sendall(camera_json("valid"))
         response = read_response(sock)
         assert response.status == 200, (response.status, f"something arrived before the body: {interim}",
                                          response.body[:200])
@@ -316,13 +303,7 @@ def test_every_line_the_json_server_printed_is_json(json_log_server):
 
 
 # == Finding 2: front-end memory without bound =======================================================
-
-@pytest.fixture(scope="module")
-def bounded_body_server():
-    with ServerProcess("--workers", "1", "--max-body-mb", "4", "--client-timeout-s", "30",
-                       "--max-body-buffer-mb", "16") as srv:
-        yield srv
-
+# On the shared bounded_body_server (conftest): bodies up to 4 MiB, 16 MiB of them at once.
 
 def test_uploads_beyond_the_body_buffer_get_503_before_their_body_is_read(bounded_body_server):
     """Finding 2: with the only worker stopped, 12 uploads of 4 MiB against a 16 MiB body buffer:
@@ -375,20 +356,20 @@ def test_a_head_over_32_kib_is_431(bounded_body_server):
     assert response.status == 431, (response.status, response.body[:200])
     assert response.json()["error"]
     assert closed
-    assert_still_serving(bounded_body_server.port)
+    assert_still_serving(bounded_body_server)
 
 
-def hold_heads(port, count, head):
+def hold_heads(srv, count, head):
     """Open count connections that each send head without its end; return them (to close)."""
     connections = []
     for _ in range(count):
-        sock = connect(port, timeout_s=5)
+        sock = connect(srv.port, timeout_s=5)
         connections.append(sock)
         try:
             sock.sendall(head)
         except OSError:
             pass  # refused and closed part-way: that is the fix at work
-    time.sleep(0.5)  # let the server's threads read what the kernel buffered
+    the_kernel_buffers_nothing_for(srv)
     return connections
 
 
@@ -399,7 +380,7 @@ def test_unfinished_heads_cost_the_front_end_a_bounded_amount(bounded_body_serve
     srv = bounded_body_server
     for head in (head_bytes(30, 1000, final_blank_line=False), head_bytes(99, 64_000, final_blank_line=False)):
         before_mb = rss_mb(srv.proc.pid)
-        connections = hold_heads(srv.port, 48, head)
+        connections = hold_heads(srv, 48, head)
         try:
             growth_mb = rss_mb(srv.proc.pid) - before_mb
             assert growth_mb < 48 * 64 / 1024 + 24, (
@@ -407,8 +388,8 @@ def test_unfinished_heads_cost_the_front_end_a_bounded_amount(bounded_body_serve
         finally:
             for sock in connections:
                 sock.close()
-        time.sleep(0.5)  # the server notices the closes and lets the heads go
-    assert_still_serving(srv.port)
+        wait_until(lambda: open_connections(srv.port) == 0, "the server closed its end of every connection")
+    assert_still_serving(srv)
 
 
 def test_connections_beyond_max_connections_get_503_and_a_freed_slot_is_reused():
@@ -435,13 +416,9 @@ def test_connections_beyond_max_connections_get_503_and_a_freed_slot_is_reused()
         try:
             for sock in busy:
                 assert read_response(sock).status == 200
-            deadline_s = time.monotonic() + 10
-            while True:
-                status = exchange(srv.port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")[0].status
-                if status == 200 or time.monotonic() > deadline_s:
-                    break
-                time.sleep(0.2)  # the server has yet to notice a close
-            assert status == 200
+            # Until the server notices a close, the slot is still taken.
+            wait_until(lambda: raw_exchange(srv.port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").status == 200,
+                       "a new connection served in a freed slot")
         finally:
             for sock in busy:
                 sock.close()
@@ -453,15 +430,18 @@ def limit_descriptors_to_128():
     resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
 
 
-def open_until_no_longer_accepted(port, most=400):
-    """Open idle connections until a new one's request gets no answer; return every socket opened."""
+def open_until_no_longer_accepted(srv, most=400):
+    """Open idle connections until the server says it cannot accept one; return every socket opened."""
     opened = []
     while len(opened) < most:
-        opened.extend(connect(port) for _ in range(8))
-        probe = connect(port)
+        opened.extend(connect(srv.port) for _ in range(8))
+        probe = connect(srv.port)
         opened.append(probe)
         probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-        if not answered_within(probe, 1.0):
+        outcome = wait_until(lambda: ("refused" if any("cannot accept connections" in line for line in srv.lines)
+                                      else "served" if answered_within(probe, 0) else None),
+                             "the probe served, or the server out of descriptors")
+        if outcome == "refused":
             return opened
         read_response(probe)  # served: keep it open, idle, like the others
     raise AssertionError(f"{most} connections were all accepted: the descriptor limit did not apply")
@@ -476,25 +456,25 @@ def test_out_of_descriptors_the_server_rides_it_out():
         kept = connect(srv.port)
         kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         assert read_response(kept).status == 200
-        idle = open_until_no_longer_accepted(srv.port)
+        idle = open_until_no_longer_accepted(srv)
         problems = []
         try:
-            cpu_before_s = cpu_time_s(srv.proc.pid)
-            time.sleep(2)
-            cpu_used_s = cpu_time_s(srv.proc.pid) - cpu_before_s
-            if cpu_used_s >= 0.5:
-                problems.append(f"the server used {cpu_used_s:.2f} s of CPU in 2 s with nothing to do")
             kept.sendall(b"POST /api/?id=kept HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\n"
                          b"Content-Length: %d\r\n\r\n" % len(camera_jpeg()) + camera_jpeg())
             response = read_response(kept)
             if response.status != 200:
                 problems.append(f"the open connection got {response.status}: {response.body[:200]!r}")
             (worker,) = srv.worker_pids()
+            cpu_before_s, started_s = cpu_time_s(srv.proc.pid), time.monotonic()
             os.kill(worker, signal.SIGKILL)
-            # Longer than today's four replacement attempts (0.5 + 1 + 2 s of back-off).
-            deadline_s = time.monotonic() + 6
-            while srv.proc.poll() is None and time.monotonic() < deadline_s:
-                time.sleep(0.2)
+            # Until the fourth replacement could not be started (0.5 + 1 + 2 s of back-off), where a
+            # fourth boot failure would be fatal; at most 6 s, should a replacement start at once.
+            poll_until(lambda: srv.proc.poll() is not None
+                       or sum("could not be started" in line for line in srv.lines) >= 4, timeout_s=6)
+            # Meanwhile it had nothing to do but retry a start: an accept loop that spins shows here.
+            cpu_used_s, waited_s = cpu_time_s(srv.proc.pid) - cpu_before_s, time.monotonic() - started_s
+            if cpu_used_s >= waited_s / 4:
+                problems.append(f"the server used {cpu_used_s:.2f} s of CPU in {waited_s:.1f} s with nothing to do")
             if srv.proc.poll() is not None:
                 problems.append(f"the server exited {srv.proc.returncode} while out of descriptors: "
                                 + " | ".join(srv.lines[-3:]))
@@ -502,7 +482,7 @@ def test_out_of_descriptors_the_server_rides_it_out():
             for sock in idle:
                 sock.close()
         if srv.proc.poll() is None:
-            wait_until_ready(srv, timeout_s=30)
+            wait_until_ready(srv)
             _, _, readiness = srv.request("/readyz")
             if readiness["workers_ready"] != 1:
                 problems.append(f"/readyz: {readiness}")

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from support import ServerProcess, b64, camera_jpeg
+from support import b64, camera_body, camera_jpeg
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
 TIMING_ENTRY = re.compile(r"([A-Za-z0-9!#$%&'*+.^_`|~-]+);dur=(\d+(?:\.\d+)?)")
 ACCESS_KEYS = {"method", "path", "status", "bytes", "duration_ms", "request_id", "image_id", "batch_size", "error"}
@@ -24,13 +24,14 @@ TEXT_EXTRA = re.compile(rf" (\w+)=({TEXT_VALUE})")
 BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{100,}")
 
 
-@pytest.fixture(scope="module", params=["text", "json"])
-def srv(request):
-    """A one-worker server per log format (ServerProcess knows the ready line of both)."""
-    log_format = request.param
-    with ServerProcess("--workers", "1", "--log-format", log_format) as server:
-        server.log_format = log_format
-        yield server
+@pytest.fixture(params=["text", "json"])
+def srv(request, server, json_log_server):
+    """The shared server of each log format (ServerProcess knows the ready line of both); its
+    lines from this test on are srv.lines[srv.first_line:]."""
+    chosen = {"text": server, "json": json_log_server}[request.param]
+    chosen.log_format = request.param
+    chosen.first_line = len(chosen.lines)
+    return chosen
 
 
 # -- reading the access log -------------------------------------------------------------------------
@@ -71,14 +72,15 @@ def flush_log(srv):
     answer before the line exists: send a marker request and wait for its line.
     """
     marker = f"marker-{uuid.uuid4().hex}"
+    first_line = len(srv.lines)
     srv.request("/healthz", headers={"X-Request-ID": marker})
-    srv.wait_for_line(re.escape(marker), timeout_s=15)
+    srv.wait_for_line(re.escape(marker), timeout_s=15, start=first_line)
 
 
 def access_entries(srv, request_id):
     """Every access entry for request_id (a duplicate line would show up as a second one)."""
     flush_log(srv)
-    entries = [parse_access_line(line, srv.log_format) for line in list(srv.lines)]
+    entries = [parse_access_line(line, srv.log_format) for line in srv.lines[srv.first_line:]]
     return [e for e in entries if e is not None and e["request_id"] == request_id]
 
 
@@ -95,7 +97,7 @@ def new_id(prefix):
 # -- X-Request-ID -----------------------------------------------------------------------------------
 def test_a_client_request_id_is_echoed_on_answers_and_errors(srv):
     cases = [
-        ("/api/", {"id": "cam", "image": b64(camera_jpeg())}, 200),
+        ("/api/", camera_body("cam"), 200),
         ("/api/", b"{not json", 400),
         ("/healthz", None, 200),
         ("/no/such/path", None, 404),
@@ -110,7 +112,7 @@ def test_a_client_request_id_is_echoed_on_answers_and_errors(srv):
 
 def test_a_request_id_is_generated_when_the_client_sends_none(srv):
     seen = set()
-    for path, body, method in [("/api/", {"id": "cam", "image": b64(camera_jpeg())}, None),
+    for path, body, method in [("/api/", camera_body("cam"), None),
                                ("/api/", {"id": "bad", "image": "@@@"}, None),
                                ("/api/", None, "GET"),  # 405
                                ("/", None, None), ("/readyz", None, None), ("/metrics", None, None),
@@ -127,7 +129,8 @@ def test_a_request_id_is_generated_when_the_client_sends_none(srv):
 def test_a_request_id_that_could_forge_a_log_field_is_replaced(srv, unsafe):
     _, headers, _ = srv.request("/healthz", headers={"X-Request-ID": unsafe})
     assert GENERATED_ID.fullmatch(headers["X-Request-ID"])
-    assert not any(unsafe in line for line in srv.lines)
+    flush_log(srv)
+    assert not any(unsafe in line for line in srv.lines[srv.first_line:])
 
 
 # -- Server-Timing --------------------------------------------------------------------------------
@@ -143,7 +146,7 @@ def parse_server_timing(value):
     return parsed
 
 
-@pytest.mark.parametrize("body, status", [(lambda: {"id": "cam", "image": b64(camera_jpeg())}, 200),
+@pytest.mark.parametrize("body, status", [(lambda: camera_body("cam"), 200),
                                           (lambda: {"id": "bad", "image": "@@@"}, 400)],
                          ids=["detection", "bad-input-found-by-a-worker"])
 def test_server_timing_on_api_answers_has_queue_inference_and_total(srv, body, status):
@@ -166,7 +169,7 @@ def test_server_timing_on_every_response(srv, path, body, method):
 # -- the access log -------------------------------------------------------------------------------
 def test_one_access_line_per_request_with_every_field(srv):
     requests = [  # path, body, headers, method, status, image_id, batch_size
-        ("/api/", {"id": "json-cam", "image": b64(camera_jpeg())}, {}, None, 200, "json-cam", 1),
+        ("/api/", camera_body("json-cam"), {}, None, 200, "json-cam", 1),
         ("/api/?id=raw-cam", camera_jpeg(), {"Content-Type": "image/jpeg"}, None, 200, "raw-cam", 1),
         ("/api/", b'{"id": "broken", ', {"Content-Type": "application/json"}, None, 400, None, None),
         ("/api/", {"id": "no-pixels", "image": b64(b"plain text")}, {}, None, 400,
@@ -215,23 +218,24 @@ def test_errors_are_logged_with_their_reason(srv):
 def test_a_hostile_image_id_or_path_stays_on_one_line(srv):
     image_id = 'evil\n127.0.0.1 "GET /forged" 200 0B 0.0ms rid=forged\x1b[2J'
     request_id = new_id("hostile")
-    status, _, payload = srv.request("/api/", {"id": image_id, "image": b64(camera_jpeg())},
+    status, _, payload = srv.request("/api/", camera_body(image_id),
                                      headers={"X-Request-ID": request_id})
     assert status == 200 and payload["id"] == image_id
     assert the_access_entry(srv, request_id)["image_id"] == image_id
     path_id = new_id("hostile-path")
     srv.request('/quote"d', headers={"X-Request-ID": path_id})
     assert the_access_entry(srv, path_id)["path"] == '/quote"d'
-    assert not any("forged" in line and "hostile" not in line and "evil" not in line for line in srv.lines)
-    assert not any("\x1b" in line for line in srv.lines)
+    written = srv.lines[srv.first_line:]
+    assert not any("forged" in line and "hostile" not in line and "evil" not in line for line in written)
+    assert not any("\x1b" in line for line in written)
 
 
 def test_json_format_writes_only_json_lines(srv):
     if srv.log_format != "json":
         pytest.skip("the JSON format only")
-    srv.request("/api/", {"id": "cam", "image": b64(camera_jpeg())})
+    srv.request("/api/", camera_body("cam"))
     flush_log(srv)
-    for line in srv.lines:
+    for line in srv.lines:  # everything the server printed since it started
         entry = json.loads(line)
         assert isinstance(entry, dict) and {"ts", "level", "logger"} <= set(entry), line
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["ts"]), line
@@ -254,36 +258,35 @@ def test_image_data_never_reaches_the_log(srv):
     assert statuses == [200, 200, 400, 400, 400, 200, 400]
     flush_log(srv)
     pieces = [camera_b64[i:i + 40] for i in range(0, len(camera_b64) - 40, len(camera_b64) // 7)]
-    for line in srv.lines:
+    for line in srv.lines[srv.first_line:]:
         assert not BASE64_RUN.search(line), line[:200]
         assert not any(piece in line for piece in pieces), line[:200]
         assert "\\xff\\xd8" not in line and "\ufffd" not in line  # nor raw JPEG bytes
 
 
-def test_the_api_key_never_appears_in_the_output():
-    api_key = "sk-detserve-" + uuid.uuid4().hex
+def test_the_api_key_never_appears_in_the_output(keyed_server):
+    """What it prints while stopping is checked where a key is read from a file (test_reliability)."""
+    srv, api_key = keyed_server, keyed_server.api_key
+    srv.log_format, srv.first_line = "text", 0
     wrong_key = "sk-wrong-" + uuid.uuid4().hex
-    with ServerProcess("--workers", "1", env={"DETSERVE_API_KEY": api_key}) as srv:
-        srv.log_format = "text"
-        body = {"id": "cam", "image": b64(camera_jpeg())}
-        attempts = [
-            ({}, 401),
-            ({"Authorization": f"Bearer {wrong_key}"}, 401),
-            ({"Authorization": f"Basic {api_key}"}, 401),  # the right key, the wrong scheme
-            ({"Authorization": f"Bearer {api_key}x"}, 401),
-            ({"Authorization": f"Bearer {api_key}"}, 200),
-        ]
-        for headers, status in attempts:
-            request_id = new_id("auth")
-            got_status, got_headers, payload = srv.request("/api/", body,
-                                                           headers={**headers, "X-Request-ID": request_id})
-            assert got_status == status
-            assert api_key not in json.dumps(payload) and api_key not in str(got_headers)
-            entry = the_access_entry(srv, request_id)
-            if status == 401:
-                assert "API key" in entry["error"]
-        assert any("'api_key': 'set'" in line for line in srv.lines)  # the settings line says only that
-    output = "\n".join(srv.lines)  # including what it printed while stopping
+    attempts = [
+        ({}, 401),
+        ({"Authorization": f"Bearer {wrong_key}"}, 401),
+        ({"Authorization": f"Basic {api_key}"}, 401),  # the right key, the wrong scheme
+        ({"Authorization": f"Bearer {api_key}x"}, 401),
+        ({"Authorization": f"Bearer {api_key}"}, 200),
+    ]
+    for headers, status in attempts:
+        request_id = new_id("auth")
+        got_status, got_headers, payload = srv.request("/api/", camera_body("cam"),
+                                                       headers={**headers, "X-Request-ID": request_id})
+        assert got_status == status
+        assert api_key not in json.dumps(payload) and api_key not in str(got_headers)
+        entry = the_access_entry(srv, request_id)
+        if status == 401:
+            assert "API key" in entry["error"]
+    assert any("'api_key': 'set'" in line for line in srv.lines)  # the settings line says only that
+    output = "\n".join(srv.lines)
     assert api_key not in output
     assert wrong_key not in output
     assert api_key[len("sk-detserve-"):] not in output

@@ -12,9 +12,8 @@ import collections
 import json
 import math
 import os
-import re
 import signal
-import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -22,8 +21,8 @@ import pytest
 
 from detserve import metrics as exposition
 from detserve.model_files import DEFAULT_MODEL_DIR
-from support import ExpositionError, Scrape, ServerProcess, b64, image_bytes, parse_exposition, sample_images, \
-    scrape_metrics
+from support import ExpositionError, Scrape, ServerProcess, access_line, b64, image_bytes, parse_exposition, \
+    sample_images, scrape_metrics, wait_until
 
 WORKERS = 2
 
@@ -164,7 +163,7 @@ def wait_until_counted(srv, request_ids):
     """A request is counted just after its answer is sent, just before its access line is
     written: once every line is there, every count is in, and a scrape sees them all."""
     for request_id in request_ids:
-        srv.wait_for_line(rf" rid={re.escape(request_id)}( |$)", timeout_s=30)
+        access_line(srv, request_id)
 
 
 @dataclass
@@ -296,38 +295,42 @@ def test_worker_gauges(traffic):
     assert scrape.value("detserve_in_flight_requests") == 0
 
 
-def test_overload_is_counted_as_overload():
+def test_overload_is_counted_as_overload(tight_server):
     """One worker, stopped while a burst of 16 arrives, a queue of one: the rest overflow."""
-    image = sample_image_pairs()[0][1]
-    with ServerProcess("--workers", "1", "--max-batch", "1", "--queue-size", "1") as srv:
-        request_ids = [f"burst-{i}" for i in range(16)]
+    srv, image = tight_server, sample_image_pairs()[0][1]
+    request_ids = [f"burst-{uuid.uuid4().hex}" for _ in range(16)]
 
-        def post(request_id):
-            status, headers, _ = srv.request("/api/?id=burst", image,
-                                             headers={"Content-Type": "image/jpeg", "X-Request-ID": request_id})
-            if status == 503:
-                assert headers["Retry-After"] == "1"
-            return status
+    def post(request_id):
+        status, headers, _ = srv.request("/api/?id=burst", image,
+                                         headers={"Content-Type": "image/jpeg", "X-Request-ID": request_id})
+        if status == 503:
+            assert headers["Retry-After"] == "1"
+        return status
 
-        (worker,) = srv.worker_pids()
-        os.kill(worker, signal.SIGSTOP)  # the queue stays full until every refusal is out
-        try:
-            with ThreadPoolExecutor(max_workers=16) as pool:
-                futures = [pool.submit(post, request_id) for request_id in request_ids]
-                give_up_s = time.monotonic() + 20
-                while sum(f.done() for f in futures) < 16 - 3 and time.monotonic() < give_up_s:
-                    time.sleep(0.05)
-                os.kill(worker, signal.SIGCONT)
-                statuses = collections.Counter(f.result() for f in futures)
-        finally:
+    before = scrape_metrics(srv)
+    (worker,) = srv.worker_pids()
+    os.kill(worker, signal.SIGSTOP)  # the queue stays full until every refusal is out
+    try:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            futures = [pool.submit(post, request_id) for request_id in request_ids]
+            held = 3  # two sent to the stopped worker (its credit), one in the queue
+            wait_until(lambda: sum(f.done() for f in futures) >= 16 - held, "every request that found no room refused")
             os.kill(worker, signal.SIGCONT)
-        wait_until_counted(srv, request_ids)
-        assert set(statuses) <= {200, 503}, statuses
-        assert statuses[503] > 0, "a burst of 16 never overflowed a queue of 1"
-        scrape = scrape_metrics(srv)
-    assert scrape.value("detserve_rejected_requests_total", reason="overload") == statuses[503]
-    assert scrape.value("detserve_http_requests_total", route="/api/", code="503") == statuses[503]
-    assert scrape.value("detserve_http_requests_total", route="/api/", code="200", **MODEL) == statuses[200]
-    assert scrape.value("detserve_images_processed_total") == statuses[200]
-    _, batch_total, _ = scrape.histogram("detserve_batch_size", **MODEL)
-    assert batch_total == statuses[200]
+            statuses = collections.Counter(f.result() for f in futures)
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    wait_until_counted(srv, request_ids)
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses[503] > 0, "a burst of 16 never overflowed a queue of 1"
+    after = scrape_metrics(srv)
+
+    def counted(name, **labels):
+        """What the burst added to a counter."""
+        return after.count(name, **labels) - before.count(name, **labels)
+
+    assert counted("detserve_rejected_requests_total", reason="overload") == statuses[503]
+    assert counted("detserve_http_requests_total", route="/api/", code="503") == statuses[503]
+    assert counted("detserve_http_requests_total", route="/api/", code="200", **MODEL) == statuses[200]
+    assert counted("detserve_images_processed_total") == statuses[200]
+    batched = after.histogram("detserve_batch_size", **MODEL)[1] - before.histogram("detserve_batch_size", **MODEL)[1]
+    assert batched == statuses[200]

@@ -12,7 +12,6 @@ import os
 import signal
 import struct
 import threading
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -21,7 +20,7 @@ import pytest
 import cv2
 import numpy as np
 
-from support import INPUT_FOLDER, REPO_ROOT, ServerProcess, b64, metric_value
+from support import INPUT_FOLDER, REPO_ROOT, b64, metric_value, wait_until
 from detserve.front import page as page_assets
 from detserve.front.get_routes import WELCOME_TEXT
 from detserve.front.request_options import wants_html
@@ -39,7 +38,6 @@ ARTIFACTS = REPO_ROOT / "test-artifacts" / "page"
 CAMERA = INPUT_FOLDER / "camera.jpg"
 CHROME_ACCEPT = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
                  "image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7")
-API_KEY = "page-test-key"
 WAIT_MS = 30_000
 
 
@@ -328,30 +326,30 @@ def test_text_named_as_a_jpeg_is_refused_in_words(session):
     assert session.tab.is_hidden("#figure"), "nothing is drawn for a refused image"
 
 
-def test_with_an_api_key_the_page_asks_for_it_and_then_succeeds(browser):
-    with ServerProcess("--workers", "1", env={"DETSERVE_API_KEY": API_KEY}) as keyed_server:
-        session = PageSession(browser, keyed_server.url)
-        try:
-            session.tab.set_input_files("#file", str(CAMERA))
-            assert "401" in session.message()
-            session.tab.locator("#api-key").wait_for(state="visible")
-            session.screenshot("asks-for-key")
-            session.tab.fill("#api-key", "wrong-key")
-            session.tab.press("#api-key", "Enter")
-            session.tab.wait_for_function("() => document.getElementById('message').innerText.includes('refused')")
-            session.tab.fill("#api-key", API_KEY)
-            session.tab.click("#key-form button[type=submit]")
-            rows = session.wait_for_rows()
-            expected = api_detections(keyed_server, CAMERA, headers={"Authorization": f"Bearer {API_KEY}"})
-            assert as_multiset(rows) == as_multiset((d["label"], d["confidence"]) for d in expected)
-            assert session.tab.is_hidden("#key-form") and session.tab.is_hidden("#message")
-            sent = [r.headers.get("authorization") for r in session.requests if urlsplit(r.url).path == "/api/"]
-            assert sent[-1] == f"Bearer {API_KEY}"
-            stored = session.tab.evaluate("JSON.stringify(localStorage) + JSON.stringify(sessionStorage)"
-                                          " + document.cookie")
-            assert API_KEY not in stored
-        finally:
-            session.close()
+def test_with_an_api_key_the_page_asks_for_it_and_then_succeeds(browser, keyed_server):
+    api_key = keyed_server.api_key
+    session = PageSession(browser, keyed_server.url)
+    try:
+        session.tab.set_input_files("#file", str(CAMERA))
+        assert "401" in session.message()
+        session.tab.locator("#api-key").wait_for(state="visible")
+        session.screenshot("asks-for-key")
+        session.tab.fill("#api-key", "wrong-key")
+        session.tab.press("#api-key", "Enter")
+        session.tab.wait_for_function("() => document.getElementById('message').innerText.includes('refused')")
+        session.tab.fill("#api-key", api_key)
+        session.tab.click("#key-form button[type=submit]")
+        rows = session.wait_for_rows()
+        expected = api_detections(keyed_server, CAMERA, headers={"Authorization": f"Bearer {api_key}"})
+        assert as_multiset(rows) == as_multiset((d["label"], d["confidence"]) for d in expected)
+        assert session.tab.is_hidden("#key-form") and session.tab.is_hidden("#message")
+        sent = [r.headers.get("authorization") for r in session.requests if urlsplit(r.url).path == "/api/"]
+        assert sent[-1] == f"Bearer {api_key}"
+        stored = session.tab.evaluate("JSON.stringify(localStorage) + JSON.stringify(sessionStorage)"
+                                      " + document.cookie")
+        assert api_key not in stored
+    finally:
+        session.close()
 
 
 def test_no_request_leaves_for_another_host(server, session):
@@ -471,14 +469,7 @@ def http_get_bytes(server, path):
         connection.close()
 
 
-# -- refusals the page must put in words, from a server with tight limits ----------------------
-
-@pytest.fixture(scope="module")
-def tight_server():
-    """One worker, room for one waiting request, bodies up to 1 MB: easy to overload and to overfill."""
-    with ServerProcess("--workers", "1", "--queue-size", "1", "--max-batch", "1", "--max-body-mb", "1") as srv:
-        yield srv
-
+# -- refusals the page must put in words, from the shared server with tight limits --------------
 
 def test_an_image_over_the_body_limit_is_refused_in_words(browser, tight_server):
     # Noise keeps the JPEG big: the body is past the 1 MB limit and past the 1 MB the server
@@ -498,13 +489,6 @@ def test_an_image_over_the_body_limit_is_refused_in_words(browser, tight_server)
         assert session.tab.is_hidden("#figure")
     finally:
         session.close()
-
-
-def wait_until(condition, what, timeout_s=20):
-    deadline_s = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline_s, f"not within {timeout_s} s: {what}"
-        time.sleep(0.05)
 
 
 def test_an_overloaded_server_is_shown_with_its_retry_after(browser, tight_server):

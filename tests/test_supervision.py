@@ -6,7 +6,9 @@ boot on request, so death, hang, boot failure and back-off take seconds.
 """
 
 import json
+import os
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -16,13 +18,12 @@ from detserve.config import Config
 from detserve.metrics import ServerMetrics
 from detserve.pool.pending import PendingRequest
 from detserve.pool.worker_pool import WorkerPool
+from detserve.pool.worker_slot import PIPE_BUFFER_BYTES
 from detserve.protocol import TaskHeader
 from detserve.refusals import RejectReason, Refusal
 from standin_worker import BOOT_CONTROL_ENV, BOOT_FAILURE_REASON, BOOT_LOG_ENV, standin_worker
+from support import EVENT_TIMEOUT_S, wait_until
 
-# Bounds on waiting for something that should happen, never asserted as durations:
-# on a busy machine a spawn can take a second.
-EVENT_TIMEOUT_S = 20
 REQUEST_DEADLINE_S = 60
 
 
@@ -82,13 +83,6 @@ def answer(pending):
     result = pending.wait(EVENT_TIMEOUT_S)
     assert result is not None, f"request {pending.task_id} was never answered"
     return result
-
-
-def wait_until(condition, what):
-    deadline_s = time.monotonic() + EVENT_TIMEOUT_S
-    while not condition():
-        assert time.monotonic() < deadline_s, f"{what} did not happen within {EVENT_TIMEOUT_S} s"
-        time.sleep(0.02)
 
 
 def wait_ready(pool):
@@ -165,6 +159,24 @@ def test_a_hung_worker_is_killed_after_the_request_timeout_and_replaced(pools):
     assert metrics.worker_restarts.value() == 1
     pending = submit(pool, b"ok", "after-hang")
     assert_answered_ok(answer(pending), pending)
+
+
+def test_a_large_body_for_a_stopped_worker_does_not_hold_up_the_others(pools):
+    """Each worker's tasks are written by a thread of its own: a body bigger than a pipe holds, for a
+    worker that reads nothing, must not stop the next request from reaching another worker."""
+    pool, metrics = pools.start(workers=2)
+    wait_ready(pool)
+    first_pid, _ = pool.worker_pids()
+    os.kill(first_pid, signal.SIGSTOP)  # alive, reading nothing: its task pipe fills and stays full
+    try:
+        big = submit(pool, b"\0" * (3 * PIPE_BUFFER_BYTES), "big")  # ties go to the first slot
+        meanwhile = submit(pool, b"ok", "meanwhile")
+        assert_answered_ok(answer(meanwhile), meanwhile)
+        assert big.wait(0) is None
+    finally:
+        os.kill(first_pid, signal.SIGCONT)
+    assert_answered_ok(answer(big), big)
+    assert metrics.worker_restarts.value() == 0
 
 
 def test_a_slow_answer_within_the_timeout_is_not_a_hang(pools):
