@@ -1,6 +1,7 @@
 """GET /openapi.json is the contract: it validates, it lists exactly the routes the server answers,
 and a live server fuzzed against it by schemathesis never answers 5xx or off-schema."""
 
+import base64
 import http.client
 import json
 import re

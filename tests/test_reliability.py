@@ -19,7 +19,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from bench.soak import rss_mb
+from bench.proc_stats import rss_mb
 from reference import assert_same_detections, reference_detections
 from support import (REPO_ROOT, ServerProcess, b64, camera_body, camera_jpeg, camera_json, metric_value,
                      scrape_metrics, unread_bytes, wait_until, wait_until_ready)
