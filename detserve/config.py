@@ -100,7 +100,8 @@ HELP = {
                   "connection bound, for probes and scrapes (0 picks a free port; off: none, the API port "
                   "answers them as always)",
     "workers": "worker processes, each loading every --models model (~340 MB resident each with yolov3-tiny alone)",
-    "max_batch": "most requests one worker runs in one forward pass",
+    "max_batch": "most images one worker runs in one forward pass (a multi-image request runs in passes of "
+                 "at most this many), and most requests it takes into one batch",
     "max_wait_ms": "how long a worker waits for more requests to fill a batch (0: take only what is queued)",
     "queue_size": "requests waiting for a worker; one that finds it full waits up to 1 s for room, then gets 503",
     "request_timeout_s": "deadline of a request, from arrival; past it the client gets 504",

@@ -213,11 +213,12 @@ class ServerMetrics:
 
     def record_results(self, results):
         """Count one batch's answers as a worker reported them."""
-        # Every result of one model's forward pass carries that pass's size and time: count each pass once.
-        passes = {r.model: r for r in results if r.batch_size and r.model is not None}
-        for model, result in passes.items():
-            self.batch_size.observe(result.batch_size, model)
-            self.inference.observe(result.inference_s, model)
+        # Every result of one model's passes carries all of them, sizes and times: count each pass once.
+        one_per_model = {r.model: r for r in results if r.batch_size and r.model is not None}
+        for model, result in one_per_model.items():
+            for images, seconds in result.forward_passes or ((result.batch_size, result.inference_s),):
+                self.batch_size.observe(images, model)
+                self.inference.observe(seconds, model)
         for result in results:
             self.queue_wait.observe(result.queue_wait_s)
             if result.status == 200:

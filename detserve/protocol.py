@@ -83,8 +83,10 @@ class Result:
     error: Optional[str] = None
     reject_reason: Optional[RejectReason] = None  # set exactly when error is
     queue_wait_s: float = 0.0
-    inference_s: float = 0.0
-    batch_size: int = 0
+    inference_s: float = 0.0  # the model's forward passes in this batch and their post-processing, in total
+    batch_size: int = 0  # images of this batch that ran through its model, with this request's
+    # (images, seconds) of each of those forward passes (at most --max-batch images each), in order
+    forward_passes: Tuple[Tuple[int, float], ...] = field(default_factory=tuple)
     labels: Tuple[str, ...] = field(default_factory=tuple)
     content_type: str = JSON_MEDIA_TYPE
     headers: Tuple[Tuple[str, str], ...] = field(default_factory=tuple)  # copied onto the answer as they are

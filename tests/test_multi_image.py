@@ -1,5 +1,6 @@
 """Several images in one request, {"images": [...]}, on a real server with the real model: order,
-per-image errors with the status they would have had alone, limits, and one forward pass."""
+per-image errors with the status they would have had alone, limits, and forward passes of at most
+--max-batch images."""
 
 import json
 
@@ -109,11 +110,14 @@ def test_the_structure_guard_scales_with_max_images_and_still_refuses_the_attack
     assert status == 200 and payload["results"][0]["id"] == "d"
 
 
-def test_the_images_of_one_request_are_one_forward_pass(server):
-    batches, images_in_batches, processed, up_to_4, up_to_8 = batch_figures(server)
+def test_the_images_of_one_request_run_in_passes_of_at_most_max_batch(server, batching_server):
     images = [{"id": path.stem, "image": b64(path.read_bytes())} for path in sample_images()][:5]
     images.append({"id": "broken", "image": b64(b"not an image")})
-    status, _, payload = post(server, {"images": images})
-    assert status == 200 and len(payload["results"]) == 6
-    # The scrape comes after the answer, and the worker counts a batch before it answers.
-    assert batch_figures(server) == (batches + 1, images_in_batches + 5, processed + 5, up_to_4, up_to_8 + 1)
+    # --max-batch 1 (the shared server): five passes of one; --max-batch 4: one of four and one of one.
+    for srv, passes in ((server, 5), (batching_server, 2)):
+        batches, images_in_batches, processed, up_to_4, up_to_8 = batch_figures(srv)
+        status, _, payload = post(srv, {"images": images})
+        assert status == 200 and len(payload["results"]) == 6
+        # The scrape comes after the answer, and the worker counts a batch before it answers.
+        assert batch_figures(srv) == (batches + passes, images_in_batches + 5, processed + 5,
+                                      up_to_4 + passes, up_to_8 + passes)
