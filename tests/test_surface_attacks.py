@@ -8,14 +8,17 @@ on latency.
 """
 
 import json
+import socket
 import struct
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
 
 from bench.proc_stats import peak_rss_mb
-from support import ServerProcess, raw_exchange, scrape_metrics
+from support import ServerProcess, camera_jpeg, http_request, poll_until, raw_exchange, scrape_metrics
 
 MODEL = "yolov3-tiny"
 INFER_PATH = f"/v2/models/{MODEL}/infer"
@@ -35,6 +38,15 @@ def binary_infer_request(images):
     head = (f"POST {INFER_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
             f"Inference-Header-Content-Length: {len(header)}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
     return head, body
+
+
+def post_camera(port):
+    """The status of one raw camera upload to /api/, or the name of the error that ended it."""
+    try:
+        return http_request(f"http://127.0.0.1:{port}/api/", body=camera_jpeg(), headers={"Content-Type": "image/jpeg"},
+                            timeout_s=30)[0]
+    except OSError as exc:
+        return type(getattr(exc, "reason", exc)).__name__
 
 
 def forward_passes(srv):
@@ -61,3 +73,48 @@ def test_tiny_images_in_one_request_do_not_multiply_a_workers_memory():
         assert grown_mb < 100, f"the worker's peak grew {grown_mb:.0f} MB for 32 one-pixel images"
         passes, images, small_passes = forward_passes(srv)
         assert images == 2 * MAX_IMAGES and passes == small_passes >= MAX_IMAGES, (passes, images, small_passes)
+
+
+class TricklingUploads:
+    """count uploads to path, each declaring a large body and sending chunk_bytes every 0.25 s (above the
+    body reader's floor of 16 KiB/s, so none is dropped as stalled) until stopped or closed by the server."""
+
+    def __init__(self, port, count, path="/v1/vision/detection", chunk_bytes=8 * 1024, declared_bytes=8 << 20):
+        self.closed_by_server = 0
+        self._stop = threading.Event()
+        head = (f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                f"Content-Length: {declared_bytes}\r\n\r\n").encode()
+        self._threads = [threading.Thread(target=self._upload, args=(port, head, chunk_bytes), daemon=True)
+                         for _ in range(count)]
+
+    def _upload(self, port, head, chunk_bytes):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            try:
+                sock.sendall(head)
+                while not self._stop.wait(0.25):
+                    sock.sendall(b"x" * chunk_bytes)
+            except OSError:
+                self.closed_by_server += 1
+
+    def __enter__(self):
+        for thread in self._threads:
+            thread.start()
+        time.sleep(1.5)  # every upload under way for longer than the table's grace
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+
+def test_uploads_that_trickle_in_give_way_to_new_requests_at_the_connection_limit():
+    """256 uploads at 24 KiB/s each (6 MiB/s in all, 25 connects/s) held every --max-connections slot:
+    35 of 37 other requests got 503 for 20 s. At the limit the slowest upload under 128 KiB/s now gives
+    way, as an idle connection does (after: 33 of 33 served); the attack needs 5 times the bandwidth."""
+    with ServerProcess("--workers", "1", "--max-connections", "8") as srv:
+        with TricklingUploads(srv.port, 8) as uploads:
+            statuses = [post_camera(srv.port) for _ in range(3)]
+            assert statuses == [200, 200, 200], statuses
+            # The first request took an upload's slot (the others found it free again): that upload was cut off.
+            assert poll_until(lambda: uploads.closed_by_server >= 1, timeout_s=5), uploads.closed_by_server

@@ -22,16 +22,16 @@ MIN_BODY_RATE_BYTES_PER_S = 16 * 1024
 BODY_RATE_WINDOW_S = 2.0
 
 
-def read_body(rfile, connection, length, timeout_s, reservation):
+def read_body(rfile, connection, length, timeout_s, reservation, on_progress=None):
     """Exactly length bytes, or raise a Refusal (400 as above; the budget's 503 if it has no room).
 
     rfile is the connection's buffered reader (it may hold the first bytes of
     the body, read with the head). The buffer grows as bytes arrive, never
     from the declared length. reservation is the BodyReservation each chunk is
     charged to (default: the one BodyBudget.reserve opened on this thread).
-    The socket's own timeout is left as it was found.
+    on_progress: see ArrivalClock. The socket's own timeout is left as it was found.
     """
-    clock = ArrivalClock(length, timeout_s)
+    clock = ArrivalClock(length, timeout_s, on_progress)
     body = bytearray()
     previous_timeout_s = connection.gettimeout()
     buffered = True  # the head's read may have left body bytes in rfile's buffer
@@ -68,9 +68,12 @@ class ArrivalClock:
 
     WINDOW_QUOTA_BYTES = int(MIN_BODY_RATE_BYTES_PER_S * BODY_RATE_WINDOW_S)
 
-    def __init__(self, length, timeout_s):
+    def __init__(self, length, timeout_s, on_progress=None):
+        """on_progress(arrived_bytes), if given, is told of every arrival (the connection table judges
+        an upload's rate by it)."""
         self.length = length
         self.timeout_s = timeout_s
+        self.on_progress = on_progress
         now_s = time.monotonic()
         self.deadline_s = now_s + timeout_s
         self._window_started_s, self._window_start_bytes = now_s, 0
@@ -80,6 +83,8 @@ class ArrivalClock:
 
     def arrived(self, arrived_bytes):
         """arrived_bytes of the body are in: a window whose quota (or the body's rest) is met starts anew."""
+        if self.on_progress is not None:
+            self.on_progress(arrived_bytes)
         if arrived_bytes - self._window_start_bytes >= min(self.WINDOW_QUOTA_BYTES,
                                                            self.length - self._window_start_bytes):
             self._window_started_s, self._window_start_bytes = time.monotonic(), arrived_bytes

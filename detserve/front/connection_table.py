@@ -9,7 +9,13 @@ few hundred sockets that send nothing would lock everyone out. Here a new
 connection at the bound takes the slot of the connection that has been
 waiting longest: its socket is shut down, which ends its handler thread's
 read at once. nginx reuses idle keep-alive connections the same way when it
-runs short. Only when every connection is busy is a new one refused.
+runs short. A body that trickles in costs its client little more: 256 uploads
+at 24 KiB/s (6 MiB/s in all, just over the body reader's floor) held every
+slot and 35 of 37 other requests got 503. So when none is waiting, the upload
+arriving slowest gives way instead, if it has been arriving for
+SLOW_BODY_GRACE_S at under SLOW_BODY_BYTES_PER_S on average: under pressure,
+holding a slot costs an uplink of 1 Mbit/s per connection. Only when every
+connection is busy otherwise (or uploading faster) is a new one refused.
 
 Every change of a connection's state happens under the table's lock, and a
 socket leaves the table before it is closed: an eviction therefore never
@@ -21,17 +27,26 @@ import socket
 import threading
 import time
 
+# 1 Mbit/s: slower than this, an upload of more than 1.25 MB cannot arrive within the
+# default --client-timeout-s anyway, and a detection body is rarely larger.
+SLOW_BODY_BYTES_PER_S = 128 * 1024
+# How long a body must have been arriving before its rate is judged: its first chunks
+# may come in one burst, or after a pause.
+SLOW_BODY_GRACE_S = 1.0
+
 
 class Connection:
     """One open connection's state in its table."""
 
-    __slots__ = ("sock", "accepted_at_s", "waiting_since_s", "evicted")
+    __slots__ = ("sock", "accepted_at_s", "waiting_since_s", "evicted", "body_started_at_s", "body_bytes")
 
     def __init__(self, sock, now_s):
         self.sock = sock
         self.accepted_at_s = now_s
         self.waiting_since_s = now_s  # None while busy with a request
         self.evicted = False          # set once, when a newer connection took its slot
+        self.body_started_at_s = None  # while its body arrives: when the first bytes did
+        self.body_bytes = 0            # how much of that body has arrived
 
 
 class ConnectionTable:
@@ -44,14 +59,15 @@ class ConnectionTable:
         return len(self._open)
 
     def open(self, sock):
-        """Add sock, waiting for its first request; at the bound, evict the longest-waiting connection first.
+        """Add sock, waiting for its first request; at the bound, evict the longest-waiting connection first
+        (none waiting: the slowest upload).
 
         Returns the new Connection, or None when every connection is busy
         (the caller refuses sock).
         """
         now_s = time.monotonic()
         with self._lock:
-            if len(self._open) >= self.max_connections and not self._evict_longest_waiting():
+            if len(self._open) >= self.max_connections and not self._evict_one():
                 return None
             connection = self._open[sock] = Connection(sock, now_s)
             return connection
@@ -77,29 +93,50 @@ class ConnectionTable:
             if connection.evicted:
                 return False
             connection.waiting_since_s = time.monotonic() if body_pending else None
+            connection.body_started_at_s = None
             return True
 
     def body_arrived(self, connection):
-        """The first bytes of connection's body are in: busy until waiting() again."""
+        """The first bytes of connection's body are in: busy until waiting() again, and its rate watched."""
         with self._lock:
             if not connection.evicted:
                 connection.waiting_since_s = None
+                connection.body_started_at_s, connection.body_bytes = time.monotonic(), 0
+
+    def body_progress(self, connection, arrived_bytes):
+        """arrived_bytes of connection's body are in (the handler tells, chunk by chunk)."""
+        connection.body_bytes = arrived_bytes  # one int, read under the lock only by _evict
+
+    def body_complete(self, connection):
+        """connection's body is read (or given up on): busy with the request, never evicted for its rate."""
+        with self._lock:
+            connection.body_started_at_s = None
 
     def waiting(self, connection):
         """connection has answered its request and waits for the next one (evictable from now on)."""
         with self._lock:
             if not connection.evicted:
                 connection.waiting_since_s = time.monotonic()
+                connection.body_started_at_s = None
 
-    def _evict_longest_waiting(self):
+    def _evict_one(self):
+        """Evict the longest-waiting connection, else the slowest upload; False if neither is there."""
         waiting = [c for c in self._open.values() if c.waiting_since_s is not None]
-        if not waiting:
+        victim = min(waiting, key=lambda c: c.waiting_since_s) if waiting else self._slowest_upload()
+        if victim is None:
             return False
-        longest = min(waiting, key=lambda c: c.waiting_since_s)
-        longest.evicted = True
-        del self._open[longest.sock]
+        victim.evicted = True
+        del self._open[victim.sock]
         try:
-            longest.sock.shutdown(socket.SHUT_RDWR)  # its handler's blocked read returns at once
+            victim.sock.shutdown(socket.SHUT_RDWR)  # its handler's blocked read returns at once
         except OSError:
             pass  # the client is gone already
         return True
+
+    def _slowest_upload(self):
+        """The connection whose body arrives slowest, if under SLOW_BODY_BYTES_PER_S after the grace; else None."""
+        now_s = time.monotonic()
+        rates = [(c.body_bytes / (now_s - c.body_started_at_s), c) for c in self._open.values()
+                 if c.body_started_at_s is not None and now_s - c.body_started_at_s >= SLOW_BODY_GRACE_S]
+        rate, slowest = min(rates, key=lambda pair: pair[0], default=(None, None))
+        return slowest if slowest is not None and rate < SLOW_BODY_BYTES_PER_S else None

@@ -125,7 +125,11 @@ class DetectionRequestHandler(StrictRequestHandler):
             # Only now, after every check a refusal could come from, invite the body.
             self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.wfile.flush()
-        body = read_body(self.rfile, self.connection, length, self.client_timeout_s(), reservation)
+        try:
+            body = read_body(self.rfile, self.connection, length, self.client_timeout_s(), reservation,
+                             self.body_progress)
+        finally:
+            self.body_complete()
         self._body_read = True
         return body
 

@@ -14,9 +14,10 @@ does not turn the close into a reset that destroys the answer just written
 (nginx's lingering close).
 
 The server is a BoundedHTTPServer: its ConnectionTable learns here when a
-connection starts a request (from then on it keeps its slot) and when it
-waits for the next one (from then on a newer connection may take its slot,
-which ends the wait at once). A subclass routes: every method, known or not,
+connection starts a request (from then on it keeps its slot, unless its body
+arrives too slowly while every slot is taken) and when it waits for the next
+one (from then on a newer connection may take its slot, which ends the wait
+at once). A subclass routes: every method, known or not,
 arrives at route_request.
 """
 
@@ -112,6 +113,14 @@ class StrictRequestHandler(BaseHTTPRequestHandler):
             return table.request_started(self._slot)
         self.rfile.on_bytes = lambda: table.body_arrived(self._slot)
         return table.request_started(self._slot, body_pending=True)
+
+    def body_progress(self, arrived_bytes):
+        """A subclass reading a body tells how much has arrived: at the bound, the slowest upload gives way."""
+        self.server.connections.body_progress(self._slot, arrived_bytes)
+
+    def body_complete(self):
+        """The body is read, or given up on: the connection keeps its slot while the request runs."""
+        self.server.connections.body_complete(self._slot)
 
     def _wait_for_request(self):
         """Set the head's deadline; on a kept-alive connection first wait for the next request's first byte.
