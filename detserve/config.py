@@ -114,7 +114,7 @@ HELP = {
     "max_body_buffer_mb": "request body MiB the front end holds at once, across all connections "
                           "(a body that would pass it is refused with 503 before it is read)",
     "max_answer_buffer_mb": "answer bytes the front end holds at once until they are written, across all "
-                            "connections (an answer that would pass it is refused with 503)",
+                            "connections, counting answers over 16 KiB (one that would pass it is refused with 503)",
     "max_connections": "open client connections (each has a thread); at the limit a new one takes the place of "
                        "the one that has waited longest for a request, and gets 503 only if every one is busy",
     "max_pixels": "largest image accepted, width x height (413 above it), checked before decoding",

@@ -18,11 +18,13 @@ import cv2
 import numpy as np
 
 from bench.proc_stats import peak_rss_mb
-from support import ServerProcess, camera_jpeg, http_request, poll_until, raw_exchange, scrape_metrics
+from support import (ServerProcess, camera_jpeg, form_content_type, form_part, http_request, multipart_body, poll_until,
+                     raw_exchange, scrape_metrics)
 
 MODEL = "yolov3-tiny"
 INFER_PATH = f"/v2/models/{MODEL}/infer"
 MAX_IMAGES = 16  # the server's --max-images default
+MIB = 1 << 20
 
 
 def one_pixel_png():
@@ -118,3 +120,69 @@ def test_uploads_that_trickle_in_give_way_to_new_requests_at_the_connection_limi
             assert statuses == [200, 200, 200], statuses
             # The first request took an upload's slot (the others found it free again): that upload was cut off.
             assert poll_until(lambda: uploads.closed_by_server >= 1, timeout_s=5), uploads.closed_by_server
+
+
+def striped_png(side_px=4096):
+    """One random row repeated: a 72 KB PNG whose annotated answer is a JPEG of about 5.6 MB."""
+    row = np.random.default_rng(0).integers(0, 256, (1, side_px, 3), dtype=np.uint8)
+    return cv2.imencode(".png", np.repeat(row, side_px, axis=0), [cv2.IMWRITE_PNG_COMPRESSION, 9])[1].tobytes()
+
+
+class SlowAnswerReaders:
+    """count clients that ask for the annotated answer to png at path and take 8 KiB of it every 0.1 s
+    (80 KiB/s, over the writer's floor of 64 KiB/s, so none is dropped) until stopped."""
+
+    def __init__(self, port, count, png, path):
+        self._stop = threading.Event()
+        self._request = (f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\n"
+                         f"Content-Length: {len(png)}\r\n\r\n").encode() + png
+        self._threads = [threading.Thread(target=self._read, args=(port,), daemon=True) for _ in range(count)]
+
+    def _read(self, port):
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel holds little for us
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(self._request)
+            while not self._stop.wait(0.1) and sock.recv(8192):
+                pass
+
+    def __enter__(self):
+        for thread in self._threads:
+            thread.start()
+        time.sleep(3)  # every answer made and being taken
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+
+def test_slow_readers_of_large_answers_cannot_lock_out_the_small_ones():
+    """Every answer was charged to --max-answer-buffer-mb, so readers taking annotated pictures just over
+    the writer's floor could hold it: two 5.6 MB answers (from 72 KB uploads) read at 80 KiB/s, with the
+    budget 100 bytes over them, and 10 of 10 JSON, DeepStack and Open Inference answers got 503 after their
+    worker had run them. Answers of at most 16 KiB are bounded by the connections and no longer counted."""
+    png = striped_png()
+    annotated_path = "/api/?format=jpeg&max_side=4096"
+    annotated_head = (f"POST {annotated_path} HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\n"
+                      f"Content-Length: {len(png)}\r\n\r\n").encode()
+    with ServerProcess("--workers", "1") as srv:
+        answer = raw_exchange(srv.port, annotated_head, body=png, timeout_s=60)
+        assert answer.status == 200 and answer.header("Content-Type") == "image/jpeg"
+        answer_bytes = len(answer.body)
+    budget_mb = (2 * answer_bytes + 100) / MIB  # two such answers fill it to within 100 bytes
+    with ServerProcess("--workers", "1", "--max-answer-buffer-mb", repr(budget_mb)) as srv:
+        form = multipart_body(form_part("image", camera_jpeg(), "camera.jpg"))
+        head, tensors = binary_infer_request([camera_jpeg()])
+        with SlowAnswerReaders(srv.port, 2, png, annotated_path):
+            statuses = {
+                "/api/": post_camera(srv.port),
+                "DeepStack": http_request(srv.url + "/v1/vision/detection", body=form,
+                                          headers={"Content-Type": form_content_type()})[0],
+                "Open Inference": raw_exchange(srv.port, head, body=tensors).status,
+                "annotated, over the budget": raw_exchange(srv.port, annotated_head, body=png).status,
+            }
+        assert statuses == {"/api/": 200, "DeepStack": 200, "Open Inference": 200,
+                            "annotated, over the budget": 503}, statuses

@@ -6,12 +6,25 @@ readers turn answers into memory. An answer holds its length from the moment
 it is to be written until the write ends (sent, or the client dropped for
 reading too slowly); an answer that would pass --max-answer-buffer-mb is
 refused with 503 instead, and its bytes let go at once.
+
+A small answer (JSON detections, DeepStack's, Open Inference's tensors: at most
+SMALL_ANSWER_BYTES) is not counted: each connection writes at most one answer
+at a time, so --max-connections bounds them, and they are part of each
+connection's share of the front end's memory. Counted, they could be locked out:
+two readers taking 5.6 MB annotated answers at 80 KiB/s (just over the writer's
+floor) held a budget set to their size plus 100 bytes, and every JSON,
+DeepStack and Open Inference answer got 503 after its worker had run it; at the
+default 64 MiB, a dozen such readers and answer sizes picked to fill it do the
+same. Only the large answers, the annotated pictures, share the budget.
 """
 
 import contextlib
 
 from ..refusals import RejectReason, Refusal, overloaded
 from .body_budget import ByteBudget
+
+# About 180 detections as JSON, or Open Inference's outputs for 16 images of 10 each.
+SMALL_ANSWER_BYTES = 16 * 1024
 
 
 class AnswerBudget(ByteBudget):
@@ -25,7 +38,13 @@ class AnswerBudget(ByteBudget):
 
     @contextlib.contextmanager
     def holding(self, length):
-        """Hold length bytes while the answer is written, or raise the 503 Refusal if they do not fit."""
+        """Hold length bytes while the answer is written, or raise the 503 Refusal if they do not fit.
+
+        An answer of at most SMALL_ANSWER_BYTES holds nothing (see the module's docstring).
+        """
+        if length <= SMALL_ANSWER_BYTES:
+            yield
+            return
         self.take(length)
         try:
             yield
