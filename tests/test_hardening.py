@@ -24,8 +24,9 @@ from bench.proc_stats import rss_mb
 from detserve.worker.image_decoding import DECODE_BUDGET_NS, decode_cost_ns, reduction_factor
 from detserve.worker.image_header import read_header
 from reference import assert_same_detections, reference_detections
-from support import (ServerProcess, assert_still_serving, b64, camera_json, camera_jpeg, metric_value, open_connections,
-                     poll_until, raw_exchange, read_response, unread_bytes, wait_until, wait_until_ready)
+from support import (ServerProcess, assert_still_serving, b64, camera_body, camera_json, camera_jpeg, metric_value,
+                     open_connections, poll_until, raw_exchange, read_response, unread_bytes, wait_until,
+                     wait_until_ready)
 
 MIB = 1024 * 1024
 RECV_TIMEOUT_S = 10  # a healthy answer takes well under a second; this only stops a hang
@@ -342,6 +343,8 @@ def test_uploads_beyond_the_body_buffer_get_503_before_their_body_is_read(bounde
         os.kill(worker, signal.SIGCONT)
         for sock in connections:
             sock.close()
+    # The shared server's next test needs the budget back: the held bodies are answered, then given back.
+    wait_until(lambda: srv.request("/api/", camera_body("budget-back"))[0] == 200, "the held bodies given back")
 
 
 def head_bytes(header_count, line_bytes, final_blank_line=True):
