@@ -191,7 +191,7 @@ class DetectionRequestHandler(StrictRequestHandler):
     def _finish(self, status, size):
         duration_s = time.perf_counter() - self._started_s
         metrics = self.server.state.metrics
-        metrics.requests.inc(self._route, str(status), self._model)
+        metrics.count_request(self._route, status, self._model)
         metrics.request_duration.observe(duration_s, self._route)
         path = getattr(self, "path", None)
         log_access(remote=self.client_address[0], method=self.command or "-",

@@ -82,7 +82,7 @@ class ProbeRequestHandler(StrictRequestHandler):
             self.wfile.write(body)
         self.wfile.flush()
         metrics = self.server.state.metrics
-        metrics.requests.inc(route, str(status))
+        metrics.count_request(route, status)
         metrics.request_duration.observe(time.perf_counter() - self._started_s, route)
 
 
