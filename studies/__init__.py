@@ -13,6 +13,7 @@ multipart_parsers the worker's multipart parser against the standard library's e
 frigate_latency   Frigate's DeepStack requests at 1, 2 and 4 cameras: the share answered within 100 ms
 soak              thousands of requests, and the resident memory of every process
 models            each model's worker memory, load time and forward pass per image
+models_served     every model on one server, chosen by ?model=: img/s at 8 clients, p50 at 1, worker memory
 
 A study drives the server through bench (ServerProcess, run_load) or, when it
 needs what a worker does without the server, detserve.worker.pipeline (a
