@@ -17,7 +17,7 @@ ENV_PREFIX = "DETSERVE_"
 PROBE_PORT_OFF = "off"
 # auto: reduced-scale decoding of large JPEGs (worker/image_decoding.jpeg_reduction); off: exact reproduction.
 DECODE_REDUCTION_CHOICES = ("auto", "off")
-# agnostic: one NMS over every box, whatever its class (the original project's answers);
+# agnostic: one NMS over every box, whatever its class (detserve's answers from the start);
 # per_class: boxes suppress only boxes of their own class, as darknet and YOLOv5 do.
 NMS_MODE_CHOICES = ("agnostic", "per_class")
 

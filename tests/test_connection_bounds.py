@@ -90,7 +90,7 @@ def busy_uploads(port, count):
 class ReconnectingClients:
     """count connections that each send `opening` and then nothing, reopened whenever closed.
 
-    The attacker of the lockout findings: a few bytes per connection, a reconnect the
+    The lockout attack: a few bytes per connection, a reconnect the
     moment the server lets one go. Runs in a thread until stop(); counts the reconnects.
     """
 

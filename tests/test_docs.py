@@ -8,8 +8,9 @@ The conventions these checks read (docs/development.md, "Examples that are tests
   An example is one curl command (over several lines if it needs them) followed by its
   expectation, `# -> STATUS ANSWER`: ANSWER is the answer's
   JSON (continued on the next `#` lines until it parses), or the media type of an answer
-  that is not JSON (`# -> 200 image/jpeg`). Other `#` lines are comments. Blocks that
-  must not run are fenced ```bash, ```console or ```text.
+  that is not JSON (`# -> 200 image/jpeg`). Other `#` lines are comments. Blocks this
+  module does not run are fenced ```bash, ```console or ```text (the ```bash curl examples
+  of api.md's upload forms and of deepstack.md are run, exactly, by their own tests).
 - An answer matches when its status is STATUS and its JSON has ANSWER's shape: the same
   keys with values of the same JSON type, recursively; each element of a list has the
   shape of the example's element at the same position (its last one past the end), and a

@@ -9,7 +9,7 @@ Prometheus need a few) and the same strict heads, head timeout and
 lingering close as the API port. Its answers are the API port's GET routes,
 read from the same state; the API port keeps answering them too.
 
-Probe answers are counted in detserve_requests_total like the API port's, but
+Probe answers are counted in detserve_http_requests_total like the API port's, but
 not written to the access log: a probe every few seconds would drown it.
 """
 
