@@ -130,7 +130,7 @@ def test_the_png_header_gives_bit_depth_colour_type_and_interlacing():
                (8, "RGBA"): cv2.imencode(".png", np.zeros((30, 40, 4), np.uint8))[1].tobytes()}
     for (bit_depth, colour_type), data in encoded.items():
         header = read_header(data)
-        assert (header.width, header.height, header.bit_depth, header.colour_type, header.interlaced) \
+        assert (header.width_px, header.height_px, header.bit_depth, header.colour_type, header.interlaced) \
             == (40, 30, bit_depth, colour_type, False)
     header = read_header(attack_png())
     assert (header.bit_depth, header.colour_type, header.interlaced) == (16, "RGBA", True)
@@ -192,7 +192,7 @@ def test_every_sample_image_and_an_ordinary_12_mp_progressive_photo_fit_annotate
         budget = DecodeBudget()
         decoded = decode_image(request_of(data), MAX_PIXELS, "auto", budget)
         decode_image(request_of(data), MAX_PIXELS, "off", budget, full_redecode=True)
-        assert decoded.original_size_px == (read_header(data).width, read_header(data).height)
+        assert decoded.original_size_px == (read_header(data).width_px, read_header(data).height_px)
     assert read_header(images[-1]).scans == 10
 
 
