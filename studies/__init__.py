@@ -7,7 +7,8 @@ ceiling           the raw pipeline: the worker's own path in bare processes, no 
 perf              detserve against that ceiling: small images, 12 MP images, overload
 decode_accuracy   detections with --decode-reduction auto against off
 decode_memory     a worker's peak memory after one large upload, auto against off
-front_end_memory  the front end's memory with every connection and body byte it allows
+front_end_memory  the front end's memory with every connection, body and answer byte it allows
+worker_memory     a worker's peak memory by images per forward pass and by the largest image
 multi_image       one 16-image request against 16 single requests
 multipart_parsers the worker's multipart parser against the standard library's email parser
 frigate_latency   Frigate's DeepStack requests at 1, 2 and 4 cameras: the share answered within 100 ms
