@@ -99,7 +99,7 @@ HELP = {
     "probe_port": "port of a second listener that answers only /healthz, /readyz and /metrics, with its own "
                   "connection bound, for probes and scrapes (0 picks a free port; off: none, the API port "
                   "answers them as always)",
-    "workers": "worker processes, each loading every --models model (~340 MB resident each with yolov3-tiny alone)",
+    "workers": "worker processes, each loading every --models model (its memory: docs/deployment.md, the sizing rule)",
     "max_batch": "most requests one worker runs in one forward pass",
     "max_wait_ms": "how long a worker waits for more requests to fill a batch (0: take only what is queued)",
     "queue_size": "requests waiting for a worker; one that finds it full waits up to 1 s for room, then gets 503",

@@ -9,7 +9,8 @@ decode_accuracy   detections with --decode-reduction auto against off
 decode_memory     a worker's peak memory after one large upload, auto against off
 decode_cost       what decoding each kind of PNG and JPEG costs, beside what the decode budget prices it at
 decode_attacks    images built to be costly to decode, and an innocent request after them, against a server
-front_end_memory  the front end's memory with every connection and body byte it allows
+front_end_memory  the front end's memory with every connection, body and answer byte it allows
+worker_memory     a worker's peak memory by images per forward pass and by the largest image
 multi_image       one 16-image request against 16 single requests
 multipart_parsers the worker's multipart parser against the standard library's email parser
 frigate_latency   Frigate's DeepStack requests at 1, 2 and 4 cameras: the share answered within 100 ms
