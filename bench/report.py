@@ -26,7 +26,7 @@ TABLE_COLUMNS = (
     ("avg_response_time_s", "avg resp s", "{:.4f}"),
 )
 TABLE_NOTE = ("latency: nearest-rank percentiles of successful requests; "
-              "avg resp s = wall time / images, the original client's figure")
+              "avg resp s = wall time / images")
 
 
 class ResultsFileError(Exception):
@@ -60,7 +60,7 @@ def format_summary(summary):
         figures.append(("latency ms", "- (no successful request)"))
     if s.avg_response_time_s is not None:
         figures.append(("average response time",
-                        f"{s.avg_response_time_s:.4f} s  (the original client's figure: wall time / images)"))
+                        f"{s.avg_response_time_s:.4f} s  (wall time / images)"))
     figures.append(("connections", f"{s.connections_opened} opened"))
     hint = _hint(s)
     if hint:
@@ -103,7 +103,7 @@ def _kinds(errors_by_kind):
 
 
 def format_record(record, image_width=0):
-    """One per-image line, like the original client's: image, id, what was found.
+    """One per-image line: image, id, what was found.
 
     image_width pads the image name so that the lines of one run line up.
     """

@@ -37,7 +37,8 @@ import OpenCV or numpy; worker/ is everything that runs in a worker process.
 - protocol holds what crosses the process boundary (TaskHeader, Result,
   WorkerReady, WorkerBootFailed) and ExitCode; refusals is the catalogue of
   every Refusal and its RejectReason; busy_flags is the shared-memory flags.
-- config, metrics, logs and model_files serve every part.
+- config, metrics, logs and model_files serve every part; memory_sizing
+  states what the front end and a worker may hold, for sizing a pod.
 """
 
 __version__ = "0.1.0"

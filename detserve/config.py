@@ -17,7 +17,7 @@ ENV_PREFIX = "DETSERVE_"
 PROBE_PORT_OFF = "off"
 # auto: reduced-scale decoding of large JPEGs (worker/image_decoding.jpeg_reduction); off: exact reproduction.
 DECODE_REDUCTION_CHOICES = ("auto", "off")
-# agnostic: one NMS over every box, whatever its class (the original project's answers);
+# agnostic: one NMS over every box, whatever its class (detserve's answers from the start);
 # per_class: boxes suppress only boxes of their own class, as darknet and YOLOv5 do.
 NMS_MODE_CHOICES = ("agnostic", "per_class")
 
@@ -99,7 +99,7 @@ HELP = {
     "probe_port": "port of a second listener that answers only /healthz, /readyz and /metrics, with its own "
                   "connection bound, for probes and scrapes (0 picks a free port; off: none, the API port "
                   "answers them as always)",
-    "workers": "worker processes, each loading every --models model (~340 MB resident each with yolov3-tiny alone)",
+    "workers": "worker processes, each loading every --models model (its memory: docs/deployment.md, the sizing rule)",
     "max_batch": "most images one worker runs in one forward pass (a multi-image request runs in passes of "
                  "at most this many), and most requests it takes into one batch",
     "max_wait_ms": "how long a worker waits for more requests to fill a batch (0: take only what is queued)",

@@ -9,7 +9,7 @@ halves of a format cannot spell one differently.
 CONTENT_TYPE = "content_type"
 # DeepStack: ?min_confidence= as sent (the form field of the same name wins over it).
 MIN_CONFIDENCE = "min_confidence"
-# DeepStack: present when --api-key is set and the request had no Authorization header,
+# DeepStack: present when an API key is set and the request had no Authorization header,
 # so the worker must find the key in the form's api_key field before it decodes anything.
 CHECK_FORM_API_KEY = "check_form_api_key"
 # Open Inference: Inference-Header-Content-Length, the JSON header's length in a binary body.

@@ -208,6 +208,10 @@ class ServerMetrics:
                     "Time the worker in each slot took to load each model and run its first forward pass.",
                     lambda g: g.model_load_s, ("worker", "model")))
 
+    def count_request(self, route, status, model=""):
+        """One answered HTTP request; model: the model that ran for it, "" when none did."""
+        self.requests.inc(route, str(status), model)
+
     def reject(self, reason):
         self.rejections.inc(reason.value)
 

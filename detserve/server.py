@@ -18,6 +18,7 @@ import time
 
 from . import logs, model_files
 from .front.http_server import DetectionHTTPServer
+from .front.large_buffers import return_large_buffers_to_the_system
 from .front.probe_server import ProbeHTTPServer
 from .front.state import ServerState
 from .metrics import ServerMetrics
@@ -43,6 +44,7 @@ class HaltServer(Exception):
 
 def run(config):
     logs.configure(config.log_format)
+    return_large_buffers_to_the_system()  # before the first body or answer: see front/large_buffers
     try:
         state, httpd, probes = _compose(config)
     except HaltServer as halt:

@@ -56,6 +56,14 @@ def server():
 
 
 @pytest.fixture(scope="session")
+def models_server():
+    """Two workers serving yolov3-tiny (the default, first) and yolov4-tiny: the docs' example server
+    (its answers with no model asked are the default server's) and the page's model tests."""
+    with _shared("models_server", "--workers", "2", "--models", "yolov3-tiny,yolov4-tiny") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
 def json_log_server():
     """One worker (so every request meets the same worker), JSON logs, bodies up to 24 MiB (room for 20 MB)."""
     with _shared("json_log_server", "--workers", "1", "--log-format", "json", "--max-body-mb", "24") as srv:
@@ -102,5 +110,5 @@ def bounded_body_server():
         yield srv
 
 
-SHARED_SERVERS = {"server", "json_log_server", "batching_server", "keyed_server", "tight_server",
+SHARED_SERVERS = {"server", "models_server", "json_log_server", "batching_server", "keyed_server", "tight_server",
                   "quick_timeout_server", "bounded_body_server"}

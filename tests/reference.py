@@ -1,9 +1,9 @@
-"""An independent single-image reference detector, written the way the original
-assignment's detector was (a Python loop over every candidate row), for parity tests.
+"""An independent single-image reference detector, written as plainly as a detector can be
+(a Python loop over every candidate row), for parity tests.
 
 It reads the darknet files by their conventional names, runs OpenCV directly
 at the input size it is given, and does its own NMS: one class-agnostic pass
-(the original's) or one pass per class, merged most confident first.
+(the server's default) or one pass per class, merged most confident first.
 """
 
 import functools

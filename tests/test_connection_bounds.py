@@ -11,10 +11,12 @@ below are generous ceilings that only an unbounded wait (the attack working) cou
 - A connection refused past the limit reads its 503 (answered, then a lingering close).
 - Bodies hold the body budget by the bytes that arrive, and a body that stops arriving
   loses what it holds within seconds.
-- Answers are written at a minimum rate: a client that reads too slowly is dropped.
+- Answers are written at a minimum rate: a client that reads too slowly is dropped, and the answers
+  held for slow readers stay within --max-answer-buffer-mb and the front end under its memory ceiling.
 """
 
 import collections
+import dataclasses
 import os
 import select
 import signal
@@ -26,7 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
-from bench.proc_stats import rss_mb
+from bench.proc_stats import peak_rss_mb, rss_mb
+from detserve import memory_sizing
+from detserve.config import Config
 from support import ServerProcess, camera_jpeg, http_request, parse_exposition, read_response
 
 MIB = 1 << 20
@@ -90,7 +94,7 @@ def busy_uploads(port, count):
 class ReconnectingClients:
     """count connections that each send `opening` and then nothing, reopened whenever closed.
 
-    The attacker of the lockout findings: a few bytes per connection, a reconnect the
+    The lockout attack: a few bytes per connection, a reconnect the
     moment the server lets one go. Runs in a thread until stop(); counts the reconnects.
     """
 
@@ -328,11 +332,23 @@ def striped_png(width_px, height_px):
     return encoded.tobytes()
 
 
+def noise_png(side_px):
+    """A square PNG of about 1 MB at 4096 px whose annotated JPEG is as large as annotated answers get:
+    noise in every 8x8 block (JPEG cannot compress it), repeating every 64 px along a row (PNG can)."""
+    tile = np.random.default_rng(18).integers(0, 256, (side_px, 64, 3), dtype=np.uint8)
+    ok, encoded = cv2.imencode(".png", np.tile(tile, (1, side_px // 64, 1)), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    assert ok
+    return encoded.tobytes()
+
+
+SlowRead = collections.namedtuple("SlowRead", "status received length closed_after_s")
+
+
 def slow_reader(port, body, read_bytes, every_s, give_up_s):
     """POST body for an annotated answer, then read read_bytes every every_s seconds.
 
-    Returns (bytes read, the answer's Content-Length, seconds until the server closed, or None
-    if it was still sending after give_up_s).
+    Returns a SlowRead: the status, the bytes of the answer read, its Content-Length, and the
+    seconds from its head until the server closed (None if it was still sending after give_up_s).
     """
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)  # before connect: a small window
@@ -343,19 +359,20 @@ def slow_reader(port, body, read_bytes, every_s, give_up_s):
         head = b""
         while b"\r\n\r\n" not in head:
             head += sock.recv(1)
+        status = int(head.split()[1])
         length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
                           if line.lower().startswith(b"content-length:")))
-        started_s, received = time.monotonic(), 0
+        started_s, received = time.monotonic(), len(head.partition(b"\r\n\r\n")[2])
         while time.monotonic() - started_s < give_up_s:
             try:
                 chunk = sock.recv(read_bytes)
             except ConnectionResetError:
                 chunk = b""
             if not chunk:
-                return received, length, time.monotonic() - started_s
+                return SlowRead(status, received, length, time.monotonic() - started_s)
             received += len(chunk)
             time.sleep(every_s)
-        return received, length, None
+        return SlowRead(status, received, length, None)
 
 
 def test_a_client_that_reads_its_answer_too_slowly_is_dropped_and_a_normal_one_is_not():
@@ -370,12 +387,50 @@ def test_a_client_that_reads_its_answer_too_slowly_is_dropped_and_a_normal_one_i
         assert status == 200 and headers["Content-Type"] == "image/jpeg"
         answer_bytes = int(headers["Content-Length"])
         assert answer_bytes > 4 * MIB, f"the answer is only {answer_bytes:,} bytes: too small to need reading"
-        received, length, closed_after_s = slow_reader(srv.port, body, 16 * 1024, 4, give_up_s=40)
-        assert length == answer_bytes
+        status, received, length, closed_after_s = slow_reader(srv.port, body, 16 * 1024, 4, give_up_s=40)
+        assert status == 200 and length == answer_bytes
         assert closed_after_s is not None, f"still sending after 40 s ({received:,} of {length:,} bytes read)"
         assert received < length
         status, _, _ = http_request(srv.url + "/healthz")
         assert status == 200
+
+
+SLOW_CLIENTS = 24
+
+
+def test_slow_readers_of_large_annotated_answers_keep_the_front_end_under_its_ceiling():
+    """24 clients ask for annotated answers of a 1 MB noise PNG (each a 14 MiB JPEG) and read
+    16 KiB every 4 s. Before: each answer stayed held for about an hour, and the front end grew
+    from 61 MB to 871 MB against a stated ceiling of 253 MB. Now answers past
+    --max-answer-buffer-mb are refused with 503, the ones being written are dropped within
+    seconds of their grace, and the front end's peak (VmHWM) stays under the ceiling
+    detserve.memory_sizing states for what these clients can hold: their bodies, their
+    connections and the answer budget."""
+    body = noise_png(4096)
+    config = Config()  # the defaults the server runs with
+    with ServerProcess() as srv:
+        with ThreadPoolExecutor(SLOW_CLIENTS) as pool:
+            reads = list(pool.map(lambda _: slow_reader(srv.port, body, 16 * 1024, 4, give_up_s=40),
+                                  range(SLOW_CLIENTS)))
+        peak_mib = peak_rss_mb(srv.proc.pid)
+        status, _, _ = http_request(srv.url + "/healthz")
+        assert status == 200
+    held_by_these_clients = dataclasses.replace(
+        config, max_body_buffer_mb=SLOW_CLIENTS * len(body) / MIB, max_connections=SLOW_CLIENTS)
+    ceiling_mib = memory_sizing.front_end_ceiling_mib(held_by_these_clients)
+    print(f"\nfront end peak {peak_mib:.0f} MiB, ceiling for what these clients hold {ceiling_mib:.0f} MiB; "
+          f"{collections.Counter(read.status for read in reads)}")
+    assert peak_mib < ceiling_mib, f"the front end peaked at {peak_mib:.0f} MiB, over its {ceiling_mib:.0f} MiB"
+    assert ceiling_mib < memory_sizing.front_end_ceiling_mib(config)
+    answered = [read for read in reads if read.status == 200]
+    assert len(answered) >= 2, collections.Counter(read.status for read in reads)
+    for read in answered:
+        assert read.length > 10 * MIB, f"an answer of only {read.length:,} bytes"
+        assert read.closed_after_s is not None, f"still sending after 40 s ({read.received:,} bytes read)"
+        assert read.received < read.length / 10, "a slow reader got most of its answer"
+    # The others never held an answer: refused because the answers held filled the budget
+    # (or, on a very busy machine, past their deadline).
+    assert all(read.status in (503, 504) for read in reads if read.status != 200), [read.status for read in reads]
 
 
 def test_the_probe_port_can_be_turned_off_and_a_taken_one_stops_the_start():

@@ -130,7 +130,7 @@ def test_the_png_header_gives_bit_depth_colour_type_and_interlacing():
                (8, "RGBA"): cv2.imencode(".png", np.zeros((30, 40, 4), np.uint8))[1].tobytes()}
     for (bit_depth, colour_type), data in encoded.items():
         header = read_header(data)
-        assert (header.width, header.height, header.bit_depth, header.colour_type, header.interlaced) \
+        assert (header.width_px, header.height_px, header.bit_depth, header.colour_type, header.interlaced) \
             == (40, 30, bit_depth, colour_type, False)
     header = read_header(attack_png())
     assert (header.bit_depth, header.colour_type, header.interlaced) == (16, "RGBA", True)
@@ -173,7 +173,7 @@ def test_an_arithmetic_coded_jpeg_is_refused_and_a_lossless_one_decodes_at_its_s
 # == The budget: refuses what costs too much, serves what is ordinary ================================
 
 def test_the_findings_png_is_refused_from_its_header_with_what_to_send_instead():
-    """Finding 2: 40 MP of interlaced 16-bit RGBA in ~400 KB; today about 2 s of decoding each."""
+    """40 MP of interlaced 16-bit RGBA in ~400 KB: about 2 s of decoding each, were it decoded."""
     data = attack_png()
     assert len(data) < 1_000_000
     started_s = time.monotonic()
@@ -192,7 +192,7 @@ def test_every_sample_image_and_an_ordinary_12_mp_progressive_photo_fit_annotate
         budget = DecodeBudget()
         decoded = decode_image(request_of(data), MAX_PIXELS, "auto", budget)
         decode_image(request_of(data), MAX_PIXELS, "off", budget, full_redecode=True)
-        assert decoded.original_size_px == (read_header(data).width, read_header(data).height)
+        assert decoded.original_size_px == (read_header(data).width_px, read_header(data).height_px)
     assert read_header(images[-1]).scans == 10
 
 
@@ -243,7 +243,7 @@ def test_compressed_text_chunks_are_priced_by_what_libpng_inflates():
 # == The annotated answer's size =======================================================================
 
 def test_an_annotated_image_wider_than_jpeg_allows_is_scaled_to_fit_keeping_its_aspect():
-    """Finding 6: 100000x400 cannot be a JPEG; scaled, it can (and its boxes scale with it)."""
+    """100000x400 cannot be a JPEG; scaled, it can (and its boxes scale with it)."""
     pixels = np.full((400, 100_000, 3), 200, np.uint8)
     box = (20_000, 100, 10_000, 200)
     jpeg = annotate_jpeg(pixels, (100_000, 400), [Detection("person", 0.9, box)], {"person": 0})
@@ -286,8 +286,9 @@ def annotated(srv, data, content_type, query="format=jpeg&id=wide"):
 
 
 def test_live_fifteen_attack_pngs_in_one_body_get_their_413s_at_once_and_the_worker_stays_free(one_worker):
-    """Finding 2: 15 x 40 MP interlaced 16-bit RGBA Paeth PNGs (~6 MB of JSON) held the worker 24 s;
-    now each is refused from its header, and an innocent request is answered right after."""
+    """15 x 40 MP interlaced 16-bit RGBA Paeth PNGs (~6 MB of JSON) held the worker 24 s before PNGs
+    were priced by their header; now each is refused from its header, and an innocent request is
+    answered right after."""
     encoded = b64(attack_png())
     body = json.dumps({"images": [{"id": f"png{i}", "image": encoded} for i in range(15)]}).encode()
     started_s = time.monotonic()
@@ -304,7 +305,7 @@ def test_live_fifteen_attack_pngs_in_one_body_get_their_413s_at_once_and_the_wor
 
 
 def test_live_a_100000x400_png_asked_for_annotated_is_a_scaled_jpeg(one_worker):
-    """Finding 6: was a 500 from the JPEG encoder (65,500 px limit); now 200, scaled to fit.
+    """Was a 500 from the JPEG encoder (65,500 px limit); now 200, scaled to fit.
     8-bit gray, so that its 40 MP fit the decode budget (an RGB one is refused with a 413)."""
     png = cv2.imencode(".png", np.full((400, 100_000), 90, np.uint8))[1].tobytes()
     status, content_type, body = annotated(one_worker, png, "image/png")

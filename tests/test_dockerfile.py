@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from detserve import model_files
 from detserve.config import Config
 from support import REPO_ROOT, camera_json
 
@@ -147,6 +148,37 @@ def test_weights_are_fetched_and_verified_in_a_build_stage():
     assert any(c.startswith("--from=models") and c.endswith("/app/yolo_tiny_configs") for c in copies)
 
 
+def global_args():
+    """{name: default} of the ARGs before the first FROM (those every stage may redeclare)."""
+    args = {}
+    for keyword, value in instructions():
+        if keyword == "FROM":
+            break
+        if keyword == "ARG":
+            name, _, default = value.partition("=")
+            args[name] = default
+    return args
+
+
+def test_the_models_argument_chooses_what_the_image_fetches_verifies_and_serves():
+    assert global_args()["MODELS"] == model_files.DEFAULT_MODELS, "by default the image is what it always was"
+    models_stage = stages()[0]
+    assert ("ARG", "MODELS") in models_stage
+    runs = [args for kw, args in models_stage if kw == "RUN"]
+    assert any(run.count('--models "${MODELS}"') == 2 and "--check" in run for run in runs), \
+        "the same models fetched and then verified"
+    assert ("ARG", "MODELS") in stages()[-1]
+    assert runtime_env()["DETSERVE_MODELS"] == "${MODELS}", "the image serves the models it carries"
+
+
+def test_the_pod_serves_only_models_the_default_image_carries():
+    served = [var for var in pod_container()["env"] if var["name"] == "DETSERVE_MODELS"]
+    pod_models = model_files.models_of(model_files.parse_model_choices(served[0]["value"] if served
+                                                                       else model_files.DEFAULT_MODELS))
+    image_models = model_files.models_of(model_files.parse_model_choices(global_args()["MODELS"]))
+    assert set(pod_models) <= set(image_models), "build the image with --build-arg MODELS=... (make image MODELS=...)"
+
+
 def test_only_runtime_dependencies_and_no_pip_cache():
     text = " ".join(args for _, args in instructions())
     for run in (args for kw, args in instructions() if kw == "RUN"):
@@ -197,6 +229,8 @@ def test_make_image_says_when_there_is_no_engine():
 def test_make_image_builds_from_the_repository_root():
     result = _make("-n", "image", "IMAGE=detserve:dev")
     assert "docker build -t detserve:dev ." in result.stdout.splitlines()
+    result = _make("-n", "image", "IMAGE=detserve:dev", "MODELS=yolov3-tiny,yolov4-tiny")
+    assert "docker build --build-arg MODELS=yolov3-tiny,yolov4-tiny -t detserve:dev ." in result.stdout.splitlines()
 
 
 # -- the image, for real (make image-test) -----------------------------------------------------

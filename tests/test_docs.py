@@ -3,11 +3,14 @@
 The conventions these checks read (docs/development.md, "Examples that are tests"):
 
 - Every ```sh block of README.md and docs/*.md is a list of examples, run one by one
-  against one live server. An example is one curl command (over several lines if it
-  needs them) followed by its expectation, `# -> STATUS ANSWER`: ANSWER is the answer's
+  against one live server (two workers, `--models yolov3-tiny,yolov4-tiny`: the default
+  model first, so an example that asks for no model gets the default server's answer).
+  An example is one curl command (over several lines if it needs them) followed by its
+  expectation, `# -> STATUS ANSWER`: ANSWER is the answer's
   JSON (continued on the next `#` lines until it parses), or the media type of an answer
-  that is not JSON (`# -> 200 image/jpeg`). Other `#` lines are comments. Blocks that
-  must not run are fenced ```bash, ```console or ```text.
+  that is not JSON (`# -> 200 image/jpeg`). Other `#` lines are comments. Blocks this
+  module does not run are fenced ```bash, ```console or ```text (the ```bash curl examples
+  of api.md's upload forms and of deepstack.md are run, exactly, by their own tests).
 - An answer matches when its status is STATUS and its JSON has ANSWER's shape: the same
   keys with values of the same JSON type, recursively; each element of a list has the
   shape of the example's element at the same position (its last one past the end), and a
@@ -187,11 +190,11 @@ def test_the_readme_and_the_api_page_have_examples_for_every_way_to_send_an_imag
 
 
 @pytest.mark.parametrize("example", ALL_EXAMPLES, ids=str)
-def test_a_documented_example_gets_the_documented_answer(example, server, workdir):
+def test_a_documented_example_gets_the_documented_answer(example, models_server, workdir):
     assert example.problem is None, f"{example}: {example.problem}"
     assert re.search(r"\bcurl\b", example.command), f"{example}: an example is a curl command"
     assert DOCUMENTED_ADDRESS in example.command, f"{example}: an example talks to {DOCUMENTED_ADDRESS}"
-    status, content_type, body = run_example(example, server.port, workdir)
+    status, content_type, body = run_example(example, models_server.port, workdir)
     assert status == example.status, f"{example}: status {status}, documented {example.status}: {body[:300]}"
     if not example.is_json:
         assert content_type.split(";")[0].strip() == example.answer, f"{example}: answered {content_type}"

@@ -71,7 +71,7 @@ def test_the_annotated_image_of_a_form_is_the_raw_images(server):
 
 def test_the_docs_curl_examples_answer_what_the_page_shows(server, tmp_path):
     (tmp_path / "inputfolder").symlink_to(INPUT_FOLDER)  # the examples' paths, and their output files here
-    examples = doc_examples("multipart.md")
+    examples = doc_examples("api.md")
     assert len([example for example in examples if example.expected is not None]) >= 5
     for example in examples:
         answer = run_doc_example(example, server.port, tmp_path)

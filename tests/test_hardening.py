@@ -1,7 +1,9 @@
-"""Regression tests for issue 14, "what an attacker found": one or more per finding.
+"""Regression tests for what an attacker found: bodies that kill a worker, CPU amplification
+inside the documented caps, lenient head parsing, a 500 that cannot be found, front-end memory
+without bound, running out of file descriptors; one or more tests each.
 
 Real sockets on 127.0.0.1, real server subprocesses with the real model, real
-images. Each test names its finding in its docstring. Memory is measured as
+images. Each test says in its docstring what went wrong before and what it checks now. Memory is measured as
 VmRSS from /proc, CPU time from /proc/<pid>/stat; nothing asserts on latency.
 
 """
@@ -24,8 +26,9 @@ from bench.proc_stats import rss_mb
 from detserve.worker.image_decoding import DECODE_BUDGET_NS, decode_cost_ns, reduction_factor
 from detserve.worker.image_header import read_header
 from reference import assert_same_detections, reference_detections
-from support import (ServerProcess, assert_still_serving, b64, camera_json, camera_jpeg, metric_value, open_connections,
-                     poll_until, raw_exchange, read_response, unread_bytes, wait_until, wait_until_ready)
+from support import (ServerProcess, assert_still_serving, b64, camera_body, camera_json, camera_jpeg, metric_value,
+                     open_connections, poll_until, raw_exchange, read_response, unread_bytes, wait_until,
+                     wait_until_ready)
 
 MIB = 1024 * 1024
 RECV_TIMEOUT_S = 10  # a healthy answer takes well under a second; this only stops a hang
@@ -89,11 +92,11 @@ def the_kernel_buffers_nothing_for(srv):
     wait_until(lambda: unread_bytes(srv.port) == 0, "the server read what the kernel buffered")
 
 
-# The shared json_log_server (conftest) serves findings 1, 4, 5 and 6: one worker, so every
+# The shared json_log_server (conftest) serves the first four sections below: one worker, so every
 # request meets the same worker; JSON logs; room for 20 MB bodies.
 
 
-# == Finding 1: a few kilobytes kill a worker ======================================================
+# == A few kilobytes kill a worker =================================================================
 
 def escaped(text):
     """JSON text with its structure hidden: every '{', '[' and ',' as a \\u escape."""
@@ -122,9 +125,9 @@ HOSTILE_JSON = {
 
 @pytest.mark.parametrize("body, image_id", HOSTILE_JSON.values(), ids=HOSTILE_JSON.keys())
 def test_escaped_json_structure_is_a_400_and_never_ends_the_worker(json_log_server, body, image_id):
-    """Finding 1: double-encoded bodies whose structure hides behind \\u escapes get 400 and leave
+    """Double-encoded bodies whose structure hides behind \\u escapes get 400 and leave
     the worker alone; a valid request sent with them and one sent after get their correct
-    detections. (Today the first two end the worker: every request it held gets 503.)"""
+    detections. (Before the fix the first two ended the worker: every request it held got 503.)"""
     srv = json_log_server
     wait_until_ready(srv)
     pids_before = srv.worker_pids()
@@ -148,9 +151,8 @@ def test_escaped_json_structure_is_a_400_and_never_ends_the_worker(json_log_serv
 
 
 def test_a_20_mb_body_of_escaped_objects_leaves_the_worker_near_its_baseline(json_log_server):
-    """Finding 1 (and 4's memory half): 20 MB of double-encoded, escaped `{},` (1.6 million
-    objects after decoding) is refused, and the worker's RSS ends within +40 MB of before
-    (today it keeps ~+140 MB for good)."""
+    """20 MB of double-encoded, escaped `{},` (1.6 million objects after decoding) is refused,
+    and the worker's RSS ends within +40 MB of before (before the fix it kept ~+140 MB for good)."""
     srv = json_log_server
     wait_until_ready(srv)
     assert_valid_answer(post_json(srv, camera_json("valid")))  # the worker at its working size
@@ -168,7 +170,7 @@ def test_a_20_mb_body_of_escaped_objects_leaves_the_worker_near_its_baseline(jso
     assert growth_mb < 40, f"worker RSS grew {growth_mb:.0f} MB ({before_mb:.0f} MB before)"
 
 
-# == Finding 4: CPU amplification inside the documented caps ========================================
+# == CPU amplification inside the documented caps ===================================================
 
 def progressive_jpeg(image, extra_scans=0):
     """A progressive JPEG from OpenCV (10 scans), with its last scan repeated extra_scans times.
@@ -182,8 +184,8 @@ def progressive_jpeg(image, extra_scans=0):
 
 
 def test_a_small_jpeg_declaring_40_mp_and_100_scans_is_refused_before_decoding(json_log_server):
-    """Finding 4: ~240 KB, 7300x5470 (39.9 MP, under --max-pixels), 100 scans: today seconds of decoding in
-    the worker; after the fix a 413 naming the pixels x scans budget."""
+    """~240 KB, 7300x5470 (39.9 MP, under --max-pixels), 100 scans: before the fix seconds of decoding in
+    the worker; now a 413 from the decoding budget, naming the image's pixels and scans."""
     bomb = progressive_jpeg(np.full((5470, 7300, 3), 128, np.uint8), extra_scans=90)
     assert len(bomb) < 400_000 and bomb.count(b"\xff\xda") == 100
     status, _, payload = json_log_server.request("/api/?id=scans", bomb, headers={"Content-Type": "image/jpeg"})
@@ -192,7 +194,7 @@ def test_a_small_jpeg_declaring_40_mp_and_100_scans_is_refused_before_decoding(j
 
 
 def test_an_ordinary_12_mp_progressive_jpeg_is_still_served(json_log_server):
-    """Finding 4: the budget leaves real photos alone (4000x3000, OpenCV's 10 scans)."""
+    """The budget leaves real photos alone (4000x3000, OpenCV's 10 scans)."""
     photo = progressive_jpeg(cv2.resize(cv2.imdecode(np.frombuffer(camera_jpeg(), np.uint8), cv2.IMREAD_COLOR),
                                         (4000, 3000), interpolation=cv2.INTER_CUBIC))
     assert photo.count(b"\xff\xda") == 10
@@ -220,7 +222,7 @@ def test_the_decoding_budget_covers_all_the_images_of_a_request(json_log_server)
         assert refused["status"] == 413 and " ms " in refused["error"], refused
 
 
-# == Finding 5: lenient header parsing ===============================================================
+# == Lenient header parsing ==========================================================================
 
 def post_with(*header_lines, body=camera_json("valid")):
     head = [b"POST /api/ HTTP/1.1", b"Host: t", b"Content-Type: application/json",
@@ -243,8 +245,8 @@ MALFORMED_HEADS = {
 
 @pytest.mark.parametrize("request_bytes", MALFORMED_HEADS.values(), ids=MALFORMED_HEADS.keys())
 def test_a_head_rfc_9112_rejects_gets_400_and_the_connection_closes(json_log_server, request_bytes):
-    """Finding 5: each of these is accepted today (a line without a colon silently drops every
-    header after it: the X-Request-ID is not echoed); RFC 9112 asks for 400 and a close."""
+    """Each of these was accepted before the fix (a line without a colon silently dropped every
+    header after it: the X-Request-ID was not echoed); RFC 9112 asks for 400 and a close."""
     response, closed = exchange(json_log_server.port, request_bytes)
     assert response.status == 400, (response.status, f"X-Request-ID echoed: {response.header('X-Request-ID')}",
                                     response.body[:200])
@@ -259,7 +261,7 @@ def expect_continue_head(version):
 
 
 def test_100_continue_goes_to_http_1_1_clients_only(json_log_server):
-    """Finding 5: an HTTP/1.0 client cannot read an interim response; HTTP/1.1 still gets one."""
+    """An HTTP/1.0 client cannot read an interim response; HTTP/1.1 still gets one."""
     with connect(json_log_server.port) as sock:
         sock.sendall(expect_continue_head(b"HTTP/1.1"))
         assert read_response(sock).status == 100
@@ -275,10 +277,10 @@ def test_100_continue_goes_to_http_1_1_clients_only(json_log_server):
                                          response.body[:200])
 
 
-# == Finding 6: a 500 that cannot be found ===========================================================
+# == A 500 that cannot be found ======================================================================
 
 def test_a_target_the_url_parser_rejects_is_400_with_an_access_line(json_log_server):
-    """Finding 6: `GET http://[/` is a 400 (today 500 naming a request id the log never shows)."""
+    """`GET http://[/` is a 400 (before the fix a 500 naming a request id the log never showed)."""
     srv = json_log_server
     response, _ = exchange(srv.port, b"GET http://[/ HTTP/1.1\r\nHost: t\r\n\r\n")
     assert response.status == 400, (response.status, response.body[:200])
@@ -290,7 +292,7 @@ def test_a_target_the_url_parser_rejects_is_400_with_an_access_line(json_log_ser
 
 
 def test_every_line_the_json_server_printed_is_json(json_log_server):
-    """Finding 1: after all of the above, no traceback and no worker restart broke the JSON log."""
+    """After all of the above, no traceback and no worker restart broke the JSON log."""
     not_json = []
     for line in json_log_server.lines:
         try:
@@ -302,11 +304,11 @@ def test_every_line_the_json_server_printed_is_json(json_log_server):
     assert restarts == 0, f"{restarts:g} worker restarts"
 
 
-# == Finding 2: front-end memory without bound =======================================================
+# == Front-end memory without bound ==================================================================
 # On the shared bounded_body_server (conftest): bodies up to 4 MiB, 16 MiB of them at once.
 
 def test_uploads_beyond_the_body_buffer_get_503_before_their_body_is_read(bounded_body_server):
-    """Finding 2: with the only worker stopped, 12 uploads of 4 MiB against a 16 MiB body buffer:
+    """With the only worker stopped, 12 uploads of 4 MiB against a 16 MiB body buffer:
     the first 4 are read and held (waiting for the worker), the other 8 are refused with 503 +
     Retry-After before their body is sent, and the front end grows by less than 16 MB + 24 MB
     (before the budget every body was held: 12 x 4 MiB). The budget counts bytes that arrived,
@@ -342,6 +344,8 @@ def test_uploads_beyond_the_body_buffer_get_503_before_their_body_is_read(bounde
         os.kill(worker, signal.SIGCONT)
         for sock in connections:
             sock.close()
+    # The shared server's next test needs the budget back: the held bodies are answered, then given back.
+    wait_until(lambda: srv.request("/api/", camera_body("budget-back"))[0] == 200, "the held bodies given back")
 
 
 def head_bytes(header_count, line_bytes, final_blank_line=True):
@@ -351,7 +355,7 @@ def head_bytes(header_count, line_bytes, final_blank_line=True):
 
 
 def test_a_head_over_32_kib_is_431(bounded_body_server):
-    """Finding 2: 40 header lines of 1,000 bytes (each under the line and count limits) -> 431."""
+    """40 header lines of 1,000 bytes (each under the line and count limits) -> 431."""
     response, closed = exchange(bounded_body_server.port, head_bytes(40, 1000))
     assert response.status == 431, (response.status, response.body[:200])
     assert response.json()["error"]
@@ -374,9 +378,9 @@ def hold_heads(srv, count, head):
 
 
 def test_unfinished_heads_cost_the_front_end_a_bounded_amount(bounded_body_server):
-    """Finding 2: 48 connections each holding ~30 KiB of headers (no final blank line) raise the
+    """48 connections each holding ~30 KiB of headers (no final blank line) raise the
     front end's RSS by less than 48 x 64 KiB + 24 MB; then 48 that each try to send 99 lines of
-    64,000 bytes (today ~6.3 MB held per connection, ~300 MB in all) stay within the same bound."""
+    64,000 bytes (before the fix ~6.3 MB held per connection, ~300 MB in all) stay within the same bound."""
     srv = bounded_body_server
     for head in (head_bytes(30, 1000, final_blank_line=False), head_bytes(99, 64_000, final_blank_line=False)):
         before_mb = rss_mb(srv.proc.pid)
@@ -393,7 +397,7 @@ def test_unfinished_heads_cost_the_front_end_a_bounded_amount(bounded_body_serve
 
 
 def test_connections_beyond_max_connections_get_503_and_a_freed_slot_is_reused():
-    """Finding 2: --max-connections 4, each one busy with an upload waiting for the stopped
+    """--max-connections 4, each one busy with an upload waiting for the stopped
     worker: a 5th connection gets 503 JSON with Retry-After at once and is closed; once the 4
     are answered, a new connection is served. (Connections that are only waiting for a request
     give way to new ones instead: tests/test_connection_bounds.py.)"""
@@ -424,7 +428,7 @@ def test_connections_beyond_max_connections_get_503_and_a_freed_slot_is_reused()
                 sock.close()
 
 
-# == Finding 3: out of file descriptors ===============================================================
+# == Out of file descriptors ==========================================================================
 
 def limit_descriptors_to_128():
     resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
@@ -448,9 +452,9 @@ def open_until_no_longer_accepted(srv, most=400):
 
 
 def test_out_of_descriptors_the_server_rides_it_out():
-    """Finding 3: with RLIMIT_NOFILE 128 filled by idle connections the server does not spin, keeps
+    """With RLIMIT_NOFILE 128 filled by idle connections the server does not spin, keeps
     serving an open connection, survives a killed worker it cannot yet replace, and recovers once
-    descriptors free up (today: 100% CPU in the accept loop, then exit 3 as if the model failed)."""
+    descriptors free up (before the fix: 100% CPU in the accept loop, then exit 3 as if the model failed)."""
     with ServerProcess("--workers", "1", "--client-timeout-s", "60", "--head-timeout-s", "60",
                        "--max-connections", "1000", preexec_fn=limit_descriptors_to_128) as srv:
         kept = connect(srv.port)

@@ -7,7 +7,6 @@ checked with `make -n` and with stand-in kubectl commands that fail the way a
 missing tool or an unreachable cluster does.
 """
 
-import math
 import os
 import re
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kubernetes_validate
 
+from detserve import memory_sizing, model_files
 from detserve.config import ENV_PREFIX, Config
 from support import REPO_ROOT, http_request
 
@@ -31,11 +31,8 @@ EXPECTED_FILES = {
 KUBERNETES_VERSIONS = (kubernetes_validate.latest_version(), "1.30.0")
 APP_NAME = "detserve"
 NODE_PORT = 30008
-# A worker is ~340 MB after its first forward pass (docs/deployment.md, "What a pod is"); measured peaks
-# with max batch 4 and 16 MP uploads are ~615 MiB a worker plus the front end
-# (see the comment at resources in deployment.yml).
-MEMORY_PER_WORKER_MIB = 640
-MEMORY_BASE_MIB = 128
+# The memory limit is sized from the rule (detserve/memory_sizing.py), not far above it.
+MEMORY_LIMIT_SLACK_MIB = 128
 # What the ingress must let through: the server's largest body, in MiB.
 INGRESS_BODY_MIB_UNITS = {"k": 1 / 1024, "m": 1, "g": 1024}
 
@@ -285,16 +282,55 @@ def test_worker_count_comes_from_the_cpu_limit():
     assert str(source.get("divisor", "1")) == "1"
 
 
-def test_memory_fits_the_workers_the_cpu_limit_gives():
+def pod_config():
+    """The Config the pod's server runs with: the container's DETSERVE_* values, the workers its CPU limit gives."""
+    environment = {var["name"]: str(var["value"]) for var in container()["env"] if "value" in var}
+    environment[ENV_PREFIX + "WORKERS"] = str(memory_sizing.workers_for_cpus(container()["resources"]["limits"]["cpu"]))
+    return memory_sizing.config_from_environment(environment)
+
+
+def test_memory_limit_holds_the_front_end_and_every_worker_at_their_worst():
+    """limits.memory >= the front end's ceiling + workers x (80 MiB + each model's share + the largest
+    requests), for the DETSERVE_MODELS, DETSERVE_WORKERS (from limits.cpu) and bounds the pod sets."""
+    config = pod_config()
     resources = container()["resources"]
-    workers = math.ceil(quantity_cpus(resources["limits"]["cpu"]))  # the Downward API rounds up
     limit_mib = quantity_mib(resources["limits"]["memory"])
-    assert limit_mib >= MEMORY_BASE_MIB + MEMORY_PER_WORKER_MIB * workers, (
-        f"{workers} worker(s) need at least {MEMORY_BASE_MIB + MEMORY_PER_WORKER_MIB * workers} Mi")
+    front_end_mib, worker_mib = memory_sizing.front_end_ceiling_mib(config), memory_sizing.worker_mib(config)
+    need_mib = memory_sizing.server_mib(config)
+    models_mib = sum(model_files.worker_share_mib(choice) for choice in config.model_choices)
+    assert worker_mib > memory_sizing.WORKER_BASE_MIB + models_mib, "a worker holds at least its models"
+    assert limit_mib >= need_mib, (
+        f"{config.workers} worker(s) of {config.models} need at least {need_mib:.0f} Mi: front end "
+        f"{front_end_mib:.0f} + {config.workers} x {worker_mib:.0f} + {memory_sizing.OTHER_PROCESSES_MIB}")
+    assert limit_mib <= need_mib + MEMORY_LIMIT_SLACK_MIB, f"{limit_mib:.0f} Mi is far above the {need_mib:.0f} needed"
     assert quantity_mib(resources["requests"]["memory"]) <= limit_mib
     assert quantity_cpus(resources["requests"]["cpu"]) <= quantity_cpus(resources["limits"]["cpu"])
-    # The measured limit holds only while uploads are capped as they were measured.
-    assert int(env_value("DETSERVE_MAX_PIXELS")["value"]) <= 16_000_000
+
+
+def test_the_pod_names_its_models_and_bounds_its_answers():
+    # Spelled out, so that changing the models is an edit an operator sees beside the memory rule.
+    config = pod_config()
+    assert env_value("DETSERVE_MODELS") and env_value("DETSERVE_MAX_ANSWER_BUFFER_MB")
+    assert config.model_choices[0].name == model_files.DEFAULT_MODELS
+    # The answer budget holds at least the largest annotated answer, or every one would be refused.
+    assert config.max_answer_buffer_mb >= memory_sizing.largest_answer_mib(config)
+
+
+@pytest.mark.parametrize("name", sorted(model_files.MODELS))
+def test_every_model_carries_its_measured_worker_memory(name):
+    """A model the pod could be given can be sized: its share at its trained size is measured, a size
+    variant is never given less than the nearest measured size above it, and more images cost more."""
+    model = model_files.MODELS[name]
+    assert model.memory is not None and dict(model.memory.ready_mib).get(model.input_size_px)
+    shares = [model_files.worker_share_mib(model_files.parse_model_choice(f"{name}@{size}"))
+              for size in range(model_files.MIN_INPUT_SIZE_PX, model_files.MAX_INPUT_SIZE_PX + 1,
+                                model_files.INPUT_SIZE_STEP_PX)]
+    assert shares == sorted(shares), "a larger input never needs less"
+    for measured_px, measured_mib in model.memory.ready_mib:
+        choice = model_files.parse_model_choice(f"{name}@{measured_px}")
+        assert model_files.worker_share_mib(choice, 0) == measured_mib
+    choice = model_files.parse_model_choice(name)
+    assert model_files.worker_share_mib(choice, 4) > model_files.worker_share_mib(choice, 1)
 
 
 def test_probes_gate_on_the_model_and_drain():

@@ -13,7 +13,7 @@ import signal
 import struct
 import threading
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -34,7 +34,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 ENABLE_HINT = "apt-get install -y chromium, and pip install -e '.[test]' for Playwright"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-ARTIFACTS = REPO_ROOT / "test-artifacts" / "page"
+ARTIFACTS = REPO_ROOT / "test-artifacts" / "page"  # docs/page.png is a copy of its readme.png
 CAMERA = INPUT_FOLDER / "camera.jpg"
 CHROME_ACCEPT = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
                  "image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7")
@@ -140,6 +140,19 @@ class PageSession:
         return self.tab.eval_on_selector_all(
             "#detections tbody tr[data-label]",
             "rows => rows.map(r => [r.dataset.label, Number(r.dataset.confidence)])")
+
+    def wait_for_models(self):
+        """Wait until the model selector holds the server's list."""
+        self.tab.wait_for_selector("#model[data-loaded]", state="attached", timeout=WAIT_MS)
+
+    def answer_of(self, action):
+        """Do action (which makes the page ask POST /api/); return its Response and the rows shown for it."""
+        with self.tab.expect_response(lambda response: urlsplit(response.url).path == "/api/",
+                                      timeout=WAIT_MS) as answered:
+            action()
+        response = answered.value
+        self.tab.wait_for_selector("#overlay[data-drawn]", state="attached", timeout=WAIT_MS)
+        return response, shown_detections(self)
 
     def drawn_count(self):
         return int(self.tab.get_attribute("#overlay", "data-drawn"))
@@ -379,7 +392,7 @@ def test_at_phone_width_the_controls_are_visible_and_nothing_scrolls_sideways(br
     try:
         session.upload(CAMERA)
         width_px = 375
-        for selector in ("label[for=file]", "button[data-sample$='chelsea.jpg']", "#threshold",
+        for selector in ("label[for=file]", "button[data-sample$='chelsea.jpg']", "#model", "#nms-per-class", "#threshold",
                          "#classes input", "#detections", "#image"):
             element = session.tab.locator(selector).first
             element.scroll_into_view_if_needed()
@@ -394,10 +407,11 @@ def test_at_phone_width_the_controls_are_visible_and_nothing_scrolls_sideways(br
 
 def test_keyboard_reaches_the_controls_in_order_and_every_control_has_a_name(session):
     order = []
-    for _ in range(6):
+    for _ in range(8):
         session.tab.keyboard.press("Tab")
         order.append(session.tab.evaluate("document.activeElement.id || document.activeElement.textContent.trim()"))
-    assert order == ["Skip to the results", "file", "camera", "cat", "coffee", "threshold"]
+    # The radio group is one stop: its checked radio.
+    assert order == ["Skip to the results", "file", "camera", "cat", "coffee", "model", "nms-agnostic", "threshold"]
     unnamed = session.tab.evaluate("""() => [...document.querySelectorAll('input, button, select, textarea')]
         .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())
         .map(e => e.outerHTML)""")
@@ -519,3 +533,108 @@ def test_an_overloaded_server_is_shown_with_its_retry_after(browser, tight_serve
         session.close()
     assert "503" in text and "overloaded" in text, text
     assert "The server asks to wait 1 s before trying again." in text, text
+
+
+# -- the model and the NMS mode, chosen on a server with two models -----------------------------------
+
+CHELSEA = INPUT_FOLDER / "chelsea.jpg"  # YOLOv4-tiny: a dog and, overlapping it, a cat; YOLOv3-tiny: nothing at 0.3
+
+
+@pytest.fixture
+def models_page(browser, models_server):
+    opened = PageSession(browser, models_server.url)
+    opened.wait_for_models()
+    yield opened
+    opened.close()
+
+
+def sent_options(response):
+    """The query of the page's POST /api/ as {name: value}."""
+    return {name: values[-1] for name, values in parse_qs(urlsplit(response.url).query).items()}
+
+
+def api_answer(server, path, query=""):
+    """The API's detections for the image at path, as sorted (label, confidence, bbox) like shown_detections'."""
+    status, _, payload = server.request(f"/api/?id=reference&{query}", body=path.read_bytes(), method="POST",
+                                        headers={"Content-Type": "image/jpeg"})
+    assert status == 200, payload
+    return sorted((d["label"], round(d["confidence"], 6), d["bbox"]) for d in payload["detections"])
+
+
+def as_answer(shown):
+    return sorted((label, round(confidence, 6), bbox) for label, confidence, bbox in shown)
+
+
+def test_the_model_selector_lists_the_served_models_with_the_default_chosen(models_server, models_page):
+    _, _, served = models_server.request("/api/models")
+    assert [m["name"] for m in served] == ["yolov3-tiny", "yolov4-tiny"]
+    options = models_page.tab.eval_on_selector_all("#model option", "options => options.map(o => o.value)")
+    assert options == [m["name"] for m in served]
+    (default,) = [m["name"] for m in served if m["default"]]
+    assert models_page.tab.input_value("#model") == default
+    assert models_page.tab.is_checked("#nms-agnostic") and not models_page.tab.is_checked("#nms-per-class")
+
+
+def test_choosing_yolov4_tiny_sends_it_and_shows_the_apis_answer_for_it(models_server, models_page):
+    response, shown = models_page.answer_of(lambda: models_page.tab.set_input_files("#file", str(CHELSEA)))
+    assert sent_options(response)["model"] == "yolov3-tiny"
+    assert as_answer(shown) == api_answer(models_server, CHELSEA)
+    # A new choice asks again for the image shown.
+    response, shown = models_page.answer_of(lambda: models_page.tab.select_option("#model", "yolov4-tiny"))
+    assert sent_options(response)["model"] == "yolov4-tiny" and sent_options(response)["nms_mode"] == "agnostic"
+    expected = api_answer(models_server, CHELSEA, "model=yolov4-tiny")
+    assert expected and expected != api_answer(models_server, CHELSEA), \
+        "the two models must answer chelsea.jpg differently for this test to mean anything"
+    assert as_answer(shown) == expected
+    assert models_page.drawn_count() == len(expected)
+    assert models_page.tab.inner_text("#answer-model") == response.headers["x-model"] == "yolov4-tiny"
+    models_page.screenshot("model-yolov4-tiny")
+
+
+def test_the_model_choice_survives_a_reload_in_the_same_tab_and_only_there(browser, models_server, models_page):
+    models_page.tab.select_option("#model", "yolov4-tiny")
+    models_page.tab.reload()
+    models_page.wait_for_models()
+    assert models_page.tab.input_value("#model") == "yolov4-tiny"
+    response, _ = models_page.answer_of(lambda: models_page.tab.set_input_files("#file", str(CHELSEA)))
+    assert sent_options(response)["model"] == "yolov4-tiny"
+    assert models_page.tab.evaluate("localStorage.length + document.cookie.length") == 0, "kept for the tab only"
+    other_tab = PageSession(browser, models_server.url)
+    try:
+        other_tab.wait_for_models()
+        assert other_tab.tab.input_value("#model") == "yolov3-tiny"
+    finally:
+        other_tab.close()
+
+
+def test_the_nms_switch_changes_the_answer_to_the_per_class_one(models_server, models_page):
+    models_page.tab.select_option("#model", "yolov4-tiny")
+    _, agnostic = models_page.answer_of(lambda: models_page.tab.set_input_files("#file", str(CHELSEA)))
+    assert as_answer(agnostic) == api_answer(models_server, CHELSEA, "model=yolov4-tiny&nms_mode=agnostic")
+    response, per_class = models_page.answer_of(lambda: models_page.tab.check("#nms-per-class"))
+    assert sent_options(response)["nms_mode"] == "per_class" and sent_options(response)["model"] == "yolov4-tiny"
+    expected = api_answer(models_server, CHELSEA, "model=yolov4-tiny&nms_mode=per_class")
+    assert as_answer(per_class) == expected
+    assert [label for label, _, _ in agnostic] == ["dog"] and sorted(label for label, _, _ in per_class) == ["cat", "dog"]
+    models_page.screenshot("nms-per-class")
+    models_page.tab.reload()  # the mode is kept for the tab too
+    models_page.wait_for_models()
+    assert models_page.tab.is_checked("#nms-per-class")
+
+
+def test_the_page_names_the_model_that_answered(browser, models_server):
+    session = PageSession(browser, models_server.url, viewport={"width": 1000, "height": 620})
+    try:
+        session.wait_for_models()
+        assert session.tab.is_hidden("#answered-by"), "no model is named before an answer"
+        response, _ = session.answer_of(lambda: session.tab.set_input_files("#file", str(CAMERA)))
+        assert session.tab.is_visible("#answered-by")
+        assert session.tab.inner_text("#answer-model") == response.headers["x-model"] == "yolov3-tiny"
+        session.tab.wait_for_function("() => document.getElementById('status').dataset.state === 'ready'")
+        session.screenshot("readme")
+        session.tab.set_input_files("#file", files=[{"name": "notes.jpg", "mimeType": "image/jpeg",
+                                                     "buffer": b"not a picture\n"}])
+        assert "400" in session.message()
+        assert session.tab.is_hidden("#answered-by"), "a refused image has no answering model"
+    finally:
+        session.close()

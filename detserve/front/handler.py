@@ -173,29 +173,16 @@ class DetectionRequestHandler(StrictRequestHandler):
         self._send(answer.status, answer.body, answer.content_type, headers=answer.headers)
 
     def _send(self, status, body, content_type, headers=None, close=False):
-        # A body we did not read would be parsed as the next request: close instead.
-        close = close or self.server.state.draining or self.unread_body()
         self._responded = True
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("X-Request-ID", self.request_id)
-        self.send_header("Server-Timing", self._server_timing())
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        if close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-        self.wfile.flush()  # on the wire before the request stops counting as in flight
+        identity = {"X-Request-ID": self.request_id, "Server-Timing": self._server_timing()}
+        self.write_answer(status, body, content_type, {**identity, **(headers or {})},
+                          close or self.server.state.draining or self.unread_body())
         self._finish(status, len(body))
 
     def _finish(self, status, size):
         duration_s = time.perf_counter() - self._started_s
         metrics = self.server.state.metrics
-        metrics.requests.inc(self._route, str(status), self._model)
+        metrics.count_request(self._route, status, self._model)
         metrics.request_duration.observe(duration_s, self._route)
         path = getattr(self, "path", None)
         log_access(remote=self.client_address[0], method=self.command or "-",

@@ -105,7 +105,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         else:
             self._lingering.close_after_answer(request)
         self.state.metrics.reject(refusal.reason)
-        self.state.metrics.requests.inc("other", "503", "")
+        self.state.metrics.count_request("other", 503)
         log_access(remote=client_address[0], method="-", path="-", status=503, bytes=len(body), duration_ms=0.0,
                    request_id=request_id, image_id=None, batch_size=None, error=refusal.message)
 

@@ -9,7 +9,7 @@ Prometheus need a few) and the same strict heads, head timeout and
 lingering close as the API port. Its answers are the API port's GET routes,
 read from the same state; the API port keeps answering them too.
 
-Probe answers are counted in detserve_requests_total like the API port's, but
+Probe answers are counted in detserve_http_requests_total like the API port's, but
 not written to the access log: a probe every few seconds would drown it.
 """
 
@@ -67,22 +67,11 @@ class ProbeRequestHandler(StrictRequestHandler):
                    close=refusal.close)
 
     def _send(self, status, body, content_type, headers=None, close=False, route="other"):
-        close = close or self.server.state.draining or self.unread_body()
         self._responded = True
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        if close:
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-        self.wfile.flush()
+        self.write_answer(status, body, content_type, headers or {},
+                          close or self.server.state.draining or self.unread_body())
         metrics = self.server.state.metrics
-        metrics.requests.inc(route, str(status))
+        metrics.count_request(route, status)
         metrics.request_duration.observe(time.perf_counter() - self._started_s, route)
 
 

@@ -174,6 +174,26 @@ class StrictRequestHandler(BaseHTTPRequestHandler):
             if line in (b"\r\n", b"\n", b""):
                 return b"".join(lines)
 
+    # -- answering ----------------------------------------------------------------------
+    def write_answer(self, status, body, content_type, headers, close):
+        """Status, headers and body in one flush; close asks for the connection to end after it.
+
+        A body left unread would be parsed as the next request, and a drain wants
+        every connection to end: a subclass passes close for those.
+        """
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self.wfile.flush()  # on the wire before the request stops counting as in flight
+
     # -- closing -------------------------------------------------------------------------
     def finish(self):
         if self.close_connection and self.answered() and (self.unread_body() or self.headers is None):

@@ -25,7 +25,7 @@ JPEG_MAX_SIDE_PX = 65_500  # libjpeg refuses to encode a wider or taller image
 # An answer's bytes grow with its pixels whatever the upload's size: noise at quality 90
 # takes 0.8 bytes a pixel, so a 1.1 MB PNG of 40 MP noise answered at its size was a 32.5 MB
 # JPEG. A larger bound keeps more of a big upload's pixels in its picture but lets answers
-# grow (about 13.6 MB at worst at this one); a smaller one scales ordinary photos down.
+# grow (15.0 MB at worst at this one, for noise); a smaller one scales ordinary photos down.
 # 4096 x 4096 keeps a 16 MP camera's photos (and anything a 4K screen shows) at their size.
 MAX_ANNOTATED_PIXELS = 4096 * 4096
 # Lines and labels grow with the picture's longest side, but not past this many times its

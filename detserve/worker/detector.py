@@ -1,11 +1,11 @@
 """A darknet YOLO model on cv2.dnn: load once, run a batch, turn raw rows into detections.
 
 One Detector is one model at one input size (a model_files.ModelChoice); a
-worker may hold several. Post-processing follows the original project's
-detector exactly (class = argmax of the class scores, confidence = that
+worker may hold several. Post-processing is the plain reading of
+darknet's rows (class = argmax of the class scores, confidence = that
 score, boxes truncated to int), vectorised with numpy: the thousands of
 candidate rows of an image are filtered in one step instead of a Python loop.
-NMS is class-agnostic by default, as the original's was; per_class keeps a
+NMS is class-agnostic by default, as detserve's answers always were; per_class keeps a
 box that overlaps only boxes of other classes, as darknet and YOLOv5 do.
 """
 
@@ -107,7 +107,7 @@ class Detector:
         if not keep.any():
             return []
         rows, class_ids, confidences = rows[keep], class_ids[keep], confidences[keep]
-        # Same arithmetic as the original: scale, truncate to int, then corner = centre - size/2.
+        # The arithmetic every answer has used: scale, truncate to int, then corner = centre - size/2.
         scaled = (rows[:, :4] * np.array([width, height, width, height])).astype(int)
         centre_x, centre_y, box_w, box_h = scaled.T
         left = (centre_x - box_w / 2).astype(int)

@@ -134,7 +134,7 @@ class DecodeBudget:
 
 def describe(header):
     """The image as its header tells what decoding it costs, e.g. '8000x5000, 16-bit RGBA PNG, interlaced'."""
-    size = f"{header.width}x{header.height}"
+    size = f"{header.width_px}x{header.height_px}"
     if header.format == "PNG":
         interlaced = ", interlaced" if header.interlaced else ""
         text = f", with {len(header.compressed_chunk_bytes)} compressed text chunks" \
@@ -147,8 +147,8 @@ def describe(header):
 def what_to_send_instead(header, full_redecode, shares_a_request):
     """What a user can change so the image fits the budget, worded for this header."""
     if full_redecode:
-        reduced_w, reduced_h = reduced_size_px(header.width, header.height,
-                                               jpeg_reduction(header.width, header.height))
+        reduced_w, reduced_h = reduced_size_px(header.width_px, header.height_px,
+                                               jpeg_reduction(header.width_px, header.height_px))
         return (f"ask for JSON, or for an annotated image of max_side={max(reduced_w, reduced_h)} or less "
                 "(drawn on the reduced decode), or send fewer pixels")
     options = []
@@ -186,7 +186,7 @@ def jpeg_reduction(width_px, height_px):
 def reduction_factor(header, decode_reduction):
     """The scale (1/factor) decode_image reads this image at: 1, a full decode, but for a large JPEG with auto."""
     if decode_reduction == "auto" and header.format == "JPEG" and header.coding != "lossless":
-        return jpeg_reduction(header.width, header.height)  # lossless JPEG has no DCT to scale
+        return jpeg_reduction(header.width_px, header.height_px)  # lossless JPEG has no DCT to scale
     return 1
 
 
@@ -204,7 +204,7 @@ def decode_image(request, max_pixels, decode_reduction="auto", budget=None, full
     except ImageHeaderError as exc:
         raise bad_request(f"not a usable image: {exc}", request.image_id) from None
     if header.pixels > max_pixels:
-        raise too_large(f"the image is {header.width}x{header.height} pixels, more than the "
+        raise too_large(f"the image is {header.width_px}x{header.height_px} pixels, more than the "
                         f"{max_pixels:,}-pixel limit; resize it", request.image_id)
     factor = reduction_factor(header, decode_reduction)
     (budget or DecodeBudget()).spend(header, request.image_id, factor, full_redecode)
@@ -224,6 +224,6 @@ def _original_size_px(header, image, factor):
     decoded_h, decoded_w = image.shape[:2]
     if factor == 1:
         return decoded_w, decoded_h
-    if (decoded_w, decoded_h) == reduced_size_px(header.width, header.height, factor):
-        return header.width, header.height
-    return header.height, header.width
+    if (decoded_w, decoded_h) == reduced_size_px(header.width_px, header.height_px, factor):
+        return header.width_px, header.height_px
+    return header.height_px, header.width_px

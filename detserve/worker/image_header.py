@@ -53,8 +53,8 @@ class ImageHeaderError(ValueError):
 @dataclass(frozen=True)
 class ImageHeader:
     format: str
-    width: int
-    height: int
+    width_px: int
+    height_px: int
     file_bytes: int = 0  # the whole file: a JPEG's entropy decoding reads every byte
     scans: int = 1  # passes over the whole image a decoder makes: a progressive JPEG's scans
     # JPEG only
@@ -69,7 +69,7 @@ class ImageHeader:
 
     @property
     def pixels(self):
-        return self.width * self.height
+        return self.width_px * self.height_px
 
 
 def read_header(data):
@@ -80,7 +80,7 @@ def read_header(data):
         header = _read_jpeg(data)
     else:
         raise ImageHeaderError("the image is neither a JPEG nor a PNG")
-    if header.width == 0 or header.height == 0:
+    if header.width_px == 0 or header.height_px == 0:
         raise ImageHeaderError(f"the {header.format} header gives a zero dimension")
     return header
 
@@ -157,7 +157,7 @@ def _read_jpeg(data):
             scans = data.count(b"\xff\xda", pos)
             if scans > MAX_JPEG_SCANS:
                 raise ImageHeaderError(f"the JPEG has {scans} scans, more than the {MAX_JPEG_SCANS} allowed")
-            return ImageHeader("JPEG", frame.width, frame.height, file_bytes=len(data), scans=scans,
+            return ImageHeader("JPEG", frame.width_px, frame.height_px, file_bytes=len(data), scans=scans,
                                coding=frame.coding, block_scans=frame.block_scans(data, pos),
                                components=len(frame.sampling))
         pos += 2 + length
@@ -168,8 +168,8 @@ def _read_jpeg(data):
 class _JpegFrame:
     """What a JPEG's start-of-frame segment says: size, coding and each component's sampling."""
 
-    width: int
-    height: int
+    width_px: int
+    height_px: int
     coding: str
     sampling: dict  # component id -> (horizontal, vertical) sampling factor, 1-4 each
 
@@ -195,13 +195,13 @@ class _JpegFrame:
         h_max = max(h for h, _ in self.sampling.values())
         v_max = max(v for _, v in self.sampling.values())
         h, v = self.sampling[component]
-        return -(-(-(-self.width * h // h_max)) // 8) * -(-(-(-self.height * v // v_max)) // 8)
+        return -(-(-(-self.width_px * h // h_max)) // 8) * -(-(-(-self.height_px * v // v_max)) // 8)
 
     def interleaved_blocks(self, components):
         """8x8 blocks of a scan over several components: whole MCUs, each h x v blocks of each."""
         h_max = max(h for h, _ in self.sampling.values())
         v_max = max(v for _, v in self.sampling.values())
-        mcus = -(-self.width // (8 * h_max)) * -(-self.height // (8 * v_max))
+        mcus = -(-self.width_px // (8 * h_max)) * -(-self.height_px // (8 * v_max))
         return mcus * sum(self.sampling[c][0] * self.sampling[c][1] for c in components)
 
     def block_scans(self, data, first_scan):

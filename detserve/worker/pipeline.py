@@ -109,5 +109,5 @@ class Pipeline:
     def image_facts(self, image_bytes):
         """An image's format and size from its header, and the scale this pipeline's decode reads it at."""
         header = read_header(image_bytes)
-        return ImageFacts(header.format, (header.width, header.height),
+        return ImageFacts(header.format, (header.width_px, header.height_px),
                           reduction_factor(header, self.config.decode_reduction))

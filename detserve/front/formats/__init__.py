@@ -17,7 +17,7 @@ Each module provides:
 - ``OPENAPI_PATHS`` and ``OPENAPI_FIXED_PATHS``: its POST paths and its GET
   paths as openapi.json documents them;
 - ``authorize(headers, config)``: raise the 401 of a request without the key
-  (--api-key), or return the format fields (format_fields) that leave the
+  (--api-key-file), or return the format fields (format_fields) that leave the
   rest of the check to the worker, where the key travels in the body;
 - ``media_type(headers)``: the body's media type, or raise the 415;
 - ``task_fields(headers, options, params, model_names)``: the TaskHeader

@@ -7,7 +7,7 @@ named model, with a multipart form holding the image. The worker-side module
 of the same name reads the form and answers. Every error, whatever its
 status, is DeepStack's ``{"success": false, "error": "...", "predictions": []}``
 as JSON with a Content-Length: Frigate calls .json() on any answer, and Blue
-Iris fails on a chunked one. The key (--api-key) may come as the bearer token
+Iris fails on a chunked one. The API key (--api-key-file) may come as the bearer token
 or, as DeepStack's clients send it, in the form's ``api_key`` field, which
 only the worker can read. The model list and the status routes Blue Iris and
 Agent DVR probe answer here, without a worker (match_fixed).

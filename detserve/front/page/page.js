@@ -10,6 +10,9 @@
   const REQUEST_CONFIDENCE = 0.05;
   const STATUS_INTERVAL_MS = 3000;
   const STATUS_MAX_INTERVAL_MS = 30000;
+  // What a person chose stays for the tab (a reload keeps it, another tab starts afresh).
+  const MODEL_KEY = "detserve.model";
+  const NMS_MODE_KEY = "detserve.nms_mode";
   const LABEL_FONT_PX = 13;  // CSS pixels: legible whatever the image's own size
   // Dark enough for white label text; a class keeps its colour unless two present classes collide.
   const PALETTE = ["#d1242f", "#0969da", "#1a7f37", "#8250df", "#bf3989", "#bc4c00", "#0a7ea4",
@@ -65,6 +68,65 @@
     });
   }
 
+  // -- how to ask: the model and the NMS mode ---------------------------------------------------
+  function remembered(key) {
+    try { return sessionStorage.getItem(key); } catch (_) { return null; }  // storage may be disabled
+  }
+
+  function remember(key, value) {
+    try { sessionStorage.setItem(key, value); } catch (_) { /* the choice then lasts until a reload */ }
+  }
+
+  // The list comes from the server, so it names exactly what this server serves. Until it has
+  // come (or if it cannot), the one option is "the server's default": no model is sent.
+  async function loadModels() {
+    let models;
+    try {
+      const response = await fetch("/api/models", { cache: "no-store" });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      models = await response.json();
+      if (!Array.isArray(models) || !models.length) throw new Error("no models listed");
+    } catch (_) {
+      $("model-note").textContent = "The server did not list its models; its default model answers.";
+      $("model-note").hidden = false;
+      return;
+    }
+    const select = $("model");
+    const wanted = remembered(MODEL_KEY);
+    const chosen = models.some((m) => m.name === wanted) ? wanted : (models.find((m) => m.default) || models[0]).name;
+    select.replaceChildren(...models.map((m) => {
+      const option = document.createElement("option");
+      option.value = m.name;
+      option.textContent = `${m.name} (${m.input_size_px} px${m.default ? ", default" : ""})`;
+      return option;
+    }));
+    select.value = chosen;
+    select.dataset.loaded = String(models.length);
+  }
+
+  $("model").addEventListener("change", () => {
+    remember(MODEL_KEY, $("model").value);
+    resubmit();
+  });
+
+  // Always sent, so the switch says what was asked (a server's --nms-mode is its API clients' default).
+  function nmsMode() {
+    return document.querySelector("input[name='nms-mode']:checked").value;
+  }
+
+  for (const radio of document.querySelectorAll("input[name='nms-mode']")) {
+    if (radio.value === remembered(NMS_MODE_KEY)) radio.checked = true;
+    radio.addEventListener("change", () => {
+      remember(NMS_MODE_KEY, nmsMode());
+      resubmit();
+    });
+  }
+
+  // A new choice is asked of the server at once, for the image shown (or refused) last.
+  function resubmit() {
+    if (state.pendingImage) submit(state.pendingImage.blob, state.pendingImage.name);
+  }
+
   // -- asking the server ---------------------------------------------------------------------
   async function submit(blob, name) {
     const seq = ++state.requestSeq;
@@ -76,7 +138,9 @@
     // The server decides what it accepts (415 in words for anything else).
     const headers = { "Content-Type": blob.type || "application/octet-stream" };
     if (state.apiKey) headers.Authorization = `Bearer ${state.apiKey}`;
-    const url = `/api/?id=${encodeURIComponent(imageId)}&confidence=${REQUEST_CONFIDENCE}`;
+    const model = $("model").value;  // "" until the list came: the server's default
+    const url = `/api/?id=${encodeURIComponent(imageId)}&confidence=${REQUEST_CONFIDENCE}` +
+      (model ? `&model=${encodeURIComponent(model)}` : "") + `&nms_mode=${nmsMode()}`;
     const startedMs = performance.now();
     let response, text;
     try {
@@ -112,6 +176,7 @@
     state.detections = payload.detections;
     assignColours();
     showTiming(response, roundTripMs);
+    showAnsweringModel(response);
     $("json").textContent = JSON.stringify(payload, null, 2);
     $("caption").textContent = `${name}: ${$("image").naturalWidth} x ${$("image").naturalHeight} px`;
     render();
@@ -127,6 +192,8 @@
     $("classes-empty").hidden = false;
     $("classes-empty").textContent = "Nothing detected yet.";
     $("overlay").removeAttribute("data-drawn");
+    $("answered-by").hidden = true;
+    $("answer-model").textContent = "";
     $("json").textContent = "";
     for (const id of ["request-id", "t-queue", "t-inference", "t-total", "t-roundtrip"]) $(id).textContent = "–";
   }
@@ -362,6 +429,13 @@
     $("t-roundtrip").textContent = `${roundTripMs.toFixed(1)} ms`;
   }
 
+  // X-Model names the model that ran the image, whatever was asked: the page shows what answered.
+  function showAnsweringModel(response) {
+    const model = response.headers.get("X-Model");
+    $("answer-model").textContent = model || "";
+    $("answered-by").hidden = !model;
+  }
+
   function parseServerTiming(header) {
     const stages = {};
     for (const entry of header.split(",")) {
@@ -458,5 +532,6 @@
   }
 
   pollStatus();
+  loadModels();
   render();
 })();
