@@ -59,7 +59,7 @@ def forward_passes(srv):
 
 def test_tiny_images_in_one_request_do_not_multiply_a_workers_memory():
     """A forward pass costs about 25 MB per image whatever the image's size, so 16 one-pixel PNGs (a 1.3 KB
-    request) run as one pass took a worker from 374 MB to a 770 MB peak, past the Deployment's 768Mi; two
+    request) run as one pass took a worker from 374 MB to a 770 MB peak (the whole pod had 768Mi then); two
     such requests batched together (--max-batch 2) made one pass of 32. Passes now hold at most --max-batch
     images."""
     with ServerProcess("--workers", "1", "--max-batch", "2", "--max-wait-ms", "300") as srv:
