@@ -85,7 +85,7 @@ class BatchRunner:
             return self.preparation.prepare(header, body, queue_wait_s)
 
     def _detect(self, tasks, model):
-        """The Results of tasks that all run through model: one forward pass for all their images."""
+        """The Results of tasks that all run through model, their images in passes of at most --max-batch."""
         images = [job for task in tasks for job in task.image_jobs()]
         passes = ()
         try:
