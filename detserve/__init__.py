@@ -1,4 +1,4 @@
-"""detserve: an object-detection HTTP service (YOLOv3-tiny on OpenCV) with a pool of worker processes.
+"""detserve: an object-detection HTTP service (darknet YOLO models on OpenCV) with a pool of worker processes.
 
 The tree is the diagram: front/ and pool/ run in the main process and never
 import OpenCV or numpy; worker/ is everything that runs in a worker process.
@@ -14,17 +14,17 @@ import OpenCV or numpy; worker/ is everything that runs in a worker process.
                        │ answer_writer at a minimum rate
                        ▼
                      pool/   (main process)
-                       │ WorkerPool.submit ─▶ RequestQueue (bounded: requests, bytes)
+                       │ WorkerPool.submit ─▶ RequestQueue (bounded in requests)
                        │ Dispatcher thread ─▶ WorkerSlot.assign ─▶ TaskSender thread
                        ▼                       (one per worker: header + raw body bytes)
           task pipe 0 … task pipe N-1
                        ▼
                      worker/ (one process per slot, spawned)
-                       │ main.worker_main: boot (load the model once), then loop:
+                       │ main.worker_main: boot (load every configured model once), then loop:
                        │ batch_collection takes 1 task and what else is queued;
                        │ batch_runner: task_preparation parses (formats/), checks the
-                       │ header (image_header), decodes; detector runs one forward
-                       │ pass; formats/ builds each answer; failures maps exceptions
+                       │ header (image_header), decodes; detector runs passes of at
+                       │ most --max-batch; formats/ builds each answer; failures maps exceptions
                        ▼
           result pipe 0 … result pipe N-1
                        ▼

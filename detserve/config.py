@@ -12,14 +12,12 @@ from typing import Optional
 
 from . import model_files
 from .model_files import DEFAULT_MODEL_DIR
+from .protocol import NMS_MODES
 
 ENV_PREFIX = "DETSERVE_"
 PROBE_PORT_OFF = "off"
 # auto: reduced-scale decoding of large JPEGs (worker/image_decoding.jpeg_reduction); off: exact reproduction.
 DECODE_REDUCTION_CHOICES = ("auto", "off")
-# agnostic: one NMS over every box, whatever its class (detserve's answers from the start);
-# per_class: boxes suppress only boxes of their own class, as darknet and YOLOv5 do.
-NMS_MODE_CHOICES = ("agnostic", "per_class")
 
 
 @dataclass(frozen=True)
@@ -160,7 +158,7 @@ def build_parser():
         if field.name == "decode_reduction":
             kwargs["choices"] = DECODE_REDUCTION_CHOICES
         if field.name == "nms_mode":
-            kwargs["choices"] = NMS_MODE_CHOICES
+            kwargs["choices"] = NMS_MODES
         if field.name == "probe_port":
             kwargs["type"] = port_or_off
         parser.add_argument(flag, **kwargs)

@@ -32,6 +32,8 @@ MAX_IMAGE_ID_CHARS = 256
 # The per-request options a client may send, as query parameters or JSON fields;
 # the front end passes the query's raw strings on, the worker validates both.
 DETECTION_OPTION_NAMES = ("model", "confidence", "nms", "nms_mode", "classes", "max_detections", "max_side")
+# agnostic: one NMS over every box, whatever its class (detserve's answers from the start);
+# per_class: boxes suppress only boxes of their own class, as darknet and YOLOv5 do.
 NMS_MODES = ("agnostic", "per_class")
 # What a detection answer can be: the front end picks one from Accept or ?format=.
 OUTPUT_MEDIA_TYPES = {"json": JSON_MEDIA_TYPE, "jpeg": "image/jpeg"}

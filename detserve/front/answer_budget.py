@@ -37,15 +37,18 @@ class AnswerBudget(ByteBudget):
                           f"(--max-answer-buffer-mb {self.max_bytes / 2**20:g})")
 
     @contextlib.contextmanager
-    def holding(self, length):
-        """Hold length bytes while the answer is written, or raise the 503 Refusal if they do not fit.
+    def holding(self, length, image_id=None):
+        """Hold length bytes while the answer is written, or raise the 503 Refusal (about image_id) if they do not fit.
 
         An answer of at most SMALL_ANSWER_BYTES holds nothing (see the module's docstring).
         """
         if length <= SMALL_ANSWER_BYTES:
             yield
             return
-        self.take(length)
+        try:
+            self.take(length)
+        except Refusal as refusal:
+            raise refusal.for_image(image_id) from None
         try:
             yield
         finally:

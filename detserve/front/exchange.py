@@ -54,5 +54,6 @@ class DetectionExchange:
             result = pending.wait(header.deadline_at_s - time.monotonic())
             if result is None:
                 raise deadline_exceeded(config.request_timeout_s, options.image_id)
-            with state.answer_budget.holding(len(result.body)):  # until the slowest reader has it, or is dropped
+            # Held until the slowest reader has it, or is dropped.
+            with state.answer_budget.holding(len(result.body), result.image_id):
                 write_result(result)

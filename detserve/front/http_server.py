@@ -14,7 +14,6 @@ connections it has, and tries again.
 
 import errno
 import logging
-import socket
 import sys
 import time
 import uuid

@@ -99,6 +99,8 @@ class LingeringCloser:
             self._selector.register(sock, selectors.EVENT_READ)
 
     def _drain(self, sock, buffer):
+        if sock not in self._lingering:  # closed earlier in this round, to make room for a newer one
+            return
         try:
             received = sock.recv_into(buffer)
         except BlockingIOError:

@@ -39,7 +39,7 @@ class BatchRunner:
         self._last_inference_s = 0.0  # how long the previous batch's forward passes took
 
     def run(self, tasks):
-        """One Result per task (matched by task_id); one forward pass for all images that decode.
+        """One Result per task (matched by task_id); the images that decode go through their models in passes.
 
         No request crosses this: whatever one task's bytes make our code raise
         becomes that task's answer (worker/failures), and the worker lives on. Only
@@ -80,7 +80,7 @@ class BatchRunner:
         # A task that cannot finish before its deadline gets its 504 now: its client
         # gets one at the deadline anyway, and the worker's time goes to one it can serve.
         if started_s + self._last_inference_s > header.deadline_at_s:
-            raise past_deadline()
+            raise past_deadline(header.query_image_id)
         with refusal_boundary(header.request_id, None, "reading its body"):
             return self.preparation.prepare(header, body, queue_wait_s)
 
@@ -94,8 +94,10 @@ class BatchRunner:
                 self._last_inference_s += sum(seconds for _, seconds in passes)
         except Exception as exc:  # every request of a failed batch gets the error
             log.exception("inference failed for request ids %s", ", ".join(t.header.request_id for t in tasks))
-            return [Result.failure(task.header.task_id, inference_failed(exc), queue_wait_s=task.queue_wait_s,
-                                   batch_size=len(images), model=model) for task in tasks]
+            return [Result.failure(task.header.task_id,
+                                   inference_failed(exc).for_image(None if task.several else task.entries[0].image_id),
+                                   queue_wait_s=task.queue_wait_s, batch_size=len(images), model=model)
+                    for task in tasks]
         return [self._answer(task, passes, len(images)) for task in tasks]
 
     def _forward(self, detector, images):

@@ -17,9 +17,9 @@ import cv2
 import numpy as np
 
 from .. import model_files
+from ..protocol import NMS_MODES
 
 PIXEL_SCALE = 1 / 255.0
-NMS_MODES = ("agnostic", "per_class")
 
 
 @dataclass(frozen=True)
