@@ -5,7 +5,9 @@ declares: a head that promises 20 MiB and sends nothing holds nothing, so a
 few such heads cannot lock everyone else out. A body's reservation grows with
 each chunk before the chunk is taken off the socket (so the bytes held never
 pass --max-body-buffer-mb) and is given back whole when the request ends (its
-answer written or refused). A body whose Content-Length could not fit beside
+answer written or refused). One case outlives its charge: a request whose
+client got its 504 while it still waited in the queue keeps its body there
+until the dispatcher drops it unsent (at most --queue-size such bodies). A body whose Content-Length could not fit beside
 the bytes already held is refused before a byte of it is read; one that finds
 the budget spent part-way is refused then. A body that stops arriving is
 dropped by the body reader within seconds, and gives its bytes back.

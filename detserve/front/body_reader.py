@@ -28,7 +28,7 @@ def read_body(rfile, connection, length, timeout_s, reservation, on_progress=Non
     rfile is the connection's buffered reader (it may hold the first bytes of
     the body, read with the head). The buffer grows as bytes arrive, never
     from the declared length. reservation is the BodyReservation each chunk is
-    charged to (default: the one BodyBudget.reserve opened on this thread).
+    charged to.
     on_progress: see ArrivalClock. The socket's own timeout is left as it was found.
     """
     clock = ArrivalClock(length, timeout_s, on_progress)
@@ -110,8 +110,7 @@ def _read_chunk(rfile, connection, readable, buffered, wait_s, want_bytes, reser
             return b"", buffered
     elif not readable.poll(wait_s * 1000):
         return None, buffered
-    if reservation is not None:
-        reservation.grow(want_bytes)
+    reservation.grow(want_bytes)
     chunk = b""
     try:
         if buffered:
@@ -120,6 +119,5 @@ def _read_chunk(rfile, connection, readable, buffered, wait_s, want_bytes, reser
         else:
             chunk = connection.recv(want_bytes)  # readable: returns at once
     finally:
-        if reservation is not None:
-            reservation.shrink(want_bytes - len(chunk))
+        reservation.shrink(want_bytes - len(chunk))
     return chunk, buffered
