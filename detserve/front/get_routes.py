@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Tuple
 
 from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..protocol import JSON_MEDIA_TYPE
 from ..refusals import not_found
 from . import openapi, page
 from .request_options import wants_html
 
-JSON_MEDIA_TYPE = "application/json"
 WELCOME_TEXT = (
     "detserve: object detection with YOLOv3-tiny.\n"
     "POST /api/ with JSON {\"id\": \"...\", \"image\": \"<base64 JPEG or PNG>\"}\n"

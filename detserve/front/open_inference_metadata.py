@@ -8,11 +8,11 @@ infer body itself is parsed in the workers (worker/open_inference_tensors).
 """
 
 import json
-import re
 from urllib.parse import unquote
 
 from ..open_inference_signature import HEADER_LENGTH_FIELD, IMAGE_INPUT, MODEL_VERSION, OUTPUTS, PLATFORM
 from ..refusals import bad_request, not_found
+from .admission import CONTENT_LENGTH
 
 SERVER_NAME = "detserve"
 EXTENSIONS = ("binary_tensor_data",)  # Inference-Header-Content-Length, binary_data_size, binary_data
@@ -23,7 +23,6 @@ MAX_MODEL_NAME_CHARS = 256  # longer than any name served; keeps a 404's message
 # Both clients read only the status of a health answer; Triton gives 400 when not
 # ready, KServe 503. 503 is what /readyz gives and what a load balancer expects.
 NOT_READY_STATUS = 503
-HEADER_LENGTH_DIGITS = re.compile(r"[ \t]*[0-9]{1,12}[ \t]*")  # ASCII digits only: int() would take '²'
 
 
 def server_metadata(version):
@@ -92,7 +91,7 @@ def inference_header_length(value, body_length):
     """
     if value is None:
         return None
-    if not HEADER_LENGTH_DIGITS.fullmatch(value):
+    if not CONTENT_LENGTH.fullmatch(value):  # the same digits as a Content-Length
         raise bad_request(f"{HEADER_LENGTH_FIELD} {value[:40]!r} is not a number of bytes", close=True)
     length = int(value)
     if not 0 < length <= body_length:
