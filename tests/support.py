@@ -29,7 +29,7 @@ __all__ = ["REPO_ROOT", "INPUT_FOLDER", "ServerFailed", "ServerProcess", "http_r
            "RawResponse", "raw_exchange", "read_response", "sockets_at", "unread_bytes", "open_connections",
            "ExpositionError", "Scrape", "parse_exposition", "scrape_metrics", "metric_value",
            "EVENT_TIMEOUT_S", "poll_until", "wait_until", "wait_until_ready", "access_line", "logged_batch_size",
-           "assert_still_serving", "iou", "DocExample", "doc_examples", "run_doc_example"]
+           "assert_still_serving", "iou", "DocExample", "doc_examples", "run_doc_example", "assert_doc_examples_answer_as_shown"]
 
 INPUT_FOLDER = REPO_ROOT / "inputfolder"
 # A bound on waiting for something that should happen, never asserted as a duration:
@@ -471,6 +471,22 @@ def doc_examples(page):
                 expected = None
             examples.append(DocExample(line, _without_varying_fields(expected)))
     return examples
+
+
+def assert_doc_examples_answer_as_shown(page, port, tmp_path, at_least):
+    """Run every curl example of docs/PAGE in tmp_path (inputfolder/ linked in): each answer is the one shown.
+
+    at_least: how many examples show an answer, so that a page that lost its examples fails.
+    Returns tmp_path, where the examples' output files landed.
+    """
+    (tmp_path / "inputfolder").symlink_to(INPUT_FOLDER)  # the examples' paths, and their output files here
+    examples = doc_examples(page)
+    assert len([example for example in examples if example.expected is not None]) >= at_least, page
+    for example in examples:
+        answer = run_doc_example(example, port, tmp_path)
+        if example.expected is not None:
+            assert answer == example.expected, example.command
+    return tmp_path
 
 
 def run_doc_example(example, port, cwd):

@@ -12,8 +12,8 @@ import pytest
 import requests
 from deepstack.core import DeepstackException, DeepstackObject
 
-from support import (INPUT_FOLDER, PDF, ServerProcess, camera_jpeg, doc_examples, image_bytes, raw_exchange,
-                     run_doc_example, sample_images, scrape_metrics)
+from support import (PDF, ServerProcess, assert_doc_examples_answer_as_shown, camera_jpeg, image_bytes, raw_exchange,
+                     sample_images, scrape_metrics)
 
 DETECTION = "/v1/vision/detection"
 CUSTOM = "/v1/vision/custom/"
@@ -176,13 +176,7 @@ def test_the_metrics_label_every_custom_model_with_one_route(server):
 
 
 def test_the_docs_curl_examples_answer_what_the_page_shows(server, tmp_path):
-    (tmp_path / "inputfolder").symlink_to(INPUT_FOLDER)
-    examples = doc_examples("deepstack.md")
-    assert len([example for example in examples if example.expected is not None]) >= 6
-    for example in examples:
-        answer = run_doc_example(example, server.port, tmp_path)
-        if example.expected is not None:
-            assert answer == example.expected, example.command
+    assert_doc_examples_answer_as_shown("deepstack.md", server.port, tmp_path, at_least=6)
 
 
 # -- the API key ---------------------------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ examples answer what the page shows; hostile forms, on /api/ and on the DeepStac
 import pytest
 import requests
 
-from support import (INPUT_FOLDER, PDF, camera_jpeg, doc_examples, form_content_type, form_part, image_bytes,
-                     metric_value, multipart_body, raw_exchange, run_doc_example, sample_images)
+from support import (PDF, assert_doc_examples_answer_as_shown, camera_jpeg, form_content_type, form_part, image_bytes,
+                     metric_value, multipart_body, raw_exchange, sample_images)
 
 DEEPSTACK_ROUTE = "/v1/vision/detection"
 RESTARTS = "detserve_worker_restarts_total"
@@ -70,13 +70,7 @@ def test_the_annotated_image_of_a_form_is_the_raw_images(server):
 
 
 def test_the_docs_curl_examples_answer_what_the_page_shows(server, tmp_path):
-    (tmp_path / "inputfolder").symlink_to(INPUT_FOLDER)  # the examples' paths, and their output files here
-    examples = doc_examples("api.md")
-    assert len([example for example in examples if example.expected is not None]) >= 5
-    for example in examples:
-        answer = run_doc_example(example, server.port, tmp_path)
-        if example.expected is not None:
-            assert answer == example.expected, example.command
+    assert_doc_examples_answer_as_shown("api.md", server.port, tmp_path, at_least=5)
     assert (tmp_path / "annotated.jpg").read_bytes()[:2] == b"\xff\xd8"
 
 

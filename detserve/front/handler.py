@@ -57,9 +57,7 @@ class DetectionRequestHandler(StrictRequestHandler):
         return self._responded
 
     def unread_body(self):
-        if self._body_read or self.headers is None:
-            return False
-        return self.headers.get("Content-Length", "0").strip() not in ("", "0") or "Transfer-Encoding" in self.headers
+        return not self._body_read and self.declares_body()
 
     # -- routing ---------------------------------------------------------------------------
     def route_request(self, method):

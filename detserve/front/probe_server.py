@@ -49,8 +49,7 @@ class ProbeRequestHandler(StrictRequestHandler):
 
     def unread_body(self):
         # A probe has no body: one sent is never read, so the connection closes after the answer.
-        return self.headers is not None and (
-            self.headers.get("Content-Length", "0").strip() not in ("", "0") or "Transfer-Encoding" in self.headers)
+        return self.declares_body()
 
     def route_request(self, method):
         path = urlsplit(self.path).path

@@ -60,6 +60,11 @@ class StrictRequestHandler(BaseHTTPRequestHandler):
         """Whether this request's body (if it has one) was left unread."""
         return False
 
+    def declares_body(self):
+        """Whether the request's head says a body follows (a length other than 0, or any transfer coding)."""
+        return self.headers is not None and (
+            self.headers.get("Content-Length", "0").strip() not in ("", "0") or "Transfer-Encoding" in self.headers)
+
     def answered(self):
         return False
 
